@@ -1,0 +1,3 @@
+from .nsf import NSF, SCALES, nsf
+
+__all__ = ["NSF", "SCALES", "nsf"]

@@ -1,0 +1,466 @@
+"""NSF: Adam with a signed, scheduled second-moment exponent p (SPEC.md §2).
+
+``_single_tensor_nsf`` is the readable reference and the specification; ``_multi_tensor_nsf`` is the
+``torch._foreach_*`` fast path, proven equal to it by the tests.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import (
+    Optimizer,
+    ParamsT,
+    _default_to_fused_or_foreach,
+    _get_value,
+    _use_grad_for_differentiable,
+    _view_as_real,
+)
+
+from .. import schedules as _schedules
+
+__all__ = ["NSF", "nsf", "SCALES"]
+
+SCALES = ("raw", "sgd", "adam")
+
+#: Provisional defaults (issue #2); issue #4 replaces them with the benchmark's choice.
+DEFAULT_LR = 1e-3
+DEFAULT_P = _schedules.Cyclic(0.25, 0.5, period=1000, shape="cosine")
+
+
+class NSF(Optimizer):
+    r"""Natural Spectral Fusion: Adam whose second moment is raised to a signed, scheduled power ``p``.
+
+    Per parameter tensor, with bias-corrected moments :math:`\hat m, \hat v`:
+
+    * ``p > 0``: :math:`d = \hat m / (\hat v^p + \epsilon)` — ``p = 1/2`` is exactly ``torch.optim.Adam``;
+    * ``p = 0``: :math:`d = \hat m` — SGD with EMA momentum. At lr ``η`` this equals
+      ``torch.optim.SGD(momentum=β1)`` at lr ``η·(1−β1)`` after the first ~``1/(1−β1)`` steps (torch's buffer
+      sums gradients, ours averages them, with bias correction);
+    * ``p < 0``: :math:`d = \hat m \cdot \hat v^{|p|}` — amplifies coordinates with much gradient energy.
+      :math:`\hat v^p` is never formed, so zero gradients stay a no-op.
+
+    ``scale`` sets the step length: ``"raw"`` (the paper's form, :math:`\theta \mathrel{-}= \eta d`; the step
+    scales like :math:`|g|^{1-2p}`, so cycling p also cycles the effective learning rate), or the grafted modes
+    ``"sgd"`` / ``"adam"`` which keep, per tensor, the length of the ``p = 0`` / Adam step and let ``p`` choose
+    only the direction.
+
+    Args:
+        params: iterable of parameters or param groups (each group may set any option below, ``p`` included).
+        lr: learning rate (float or 0-dim tensor).
+        betas: EMA coefficients of the first and second moments.
+        eps: added to :math:`\hat v^p` for ``p > 0`` (and to :math:`\sqrt{\hat v}` in the ``"adam"`` graft).
+        weight_decay: L2 coefficient λ; coupled (``g += λθ``) unless ``decoupled_weight_decay``.
+        p: the exponent: a float, a 0-dim tensor, an ``nsf.schedules`` schedule, its dict, or a plain
+            ``f(step) -> float`` (works, but is not saved in ``state_dict``). ``group["p"]`` is a 0-dim float64
+            tensor holding the value used by the latest step, updated in place, so ``torch.compile`` does not
+            recompile as p moves. A fixed p leaves ``group["p"]`` alone, so it can be driven from outside
+            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). Provisional default: cosine cycle 0.25…0.5
+            over 1000 steps.
+        scale: ``"raw"``, ``"sgd"`` or ``"adam"``.
+        amsgrad: keep the running max of v and use it for :math:`\hat v` (with fixed ``p`` this is Padam).
+        decoupled_weight_decay: ``θ ← θ(1 − ηλ)`` as in AdamW.
+        foreach: use the ``torch._foreach_*`` path (default: as ``torch.optim.Adam`` decides).
+        maximize: maximize the objective.
+        capturable: keep step counts on the parameters' device and avoid host syncs for bias correction.
+        differentiable: allow autograd through the step (single-tensor path).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = DEFAULT_LR,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        p: Any = DEFAULT_P,
+        scale: str = "raw",
+        amsgrad: bool = False,
+        *,
+        decoupled_weight_decay: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, p=p, scale=scale, amsgrad=amsgrad,
+            decoupled_weight_decay=decoupled_weight_decay, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable,
+        )
+        _check_options(defaults)
+        if foreach and differentiable:
+            raise ValueError("foreach=True does not support differentiable=True; use foreach=False")
+        self._p_callables: dict[int, _schedules.Schedule] = {}  # per group index: unsaveable schedules
+        self._warned_unsaved = False
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_options(group)
+        index = len(self.param_groups) - 1
+        schedule = _schedules.as_schedule(group["p"])
+        if isinstance(schedule, _schedules.Constant):
+            group["p_schedule"] = None
+        else:
+            group["p_schedule"] = schedule.to_dict()
+            if group["p_schedule"] is None:
+                self._p_callables[index] = schedule
+        group["p"] = torch.tensor(schedule(0), dtype=torch.float64)
+        group.setdefault("step", 0)  # steps this group has taken: the schedules' clock
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_p_callables", {})
+        self.__dict__.setdefault("_warned_unsaved", False)
+        for group in self.param_groups:
+            group.setdefault("scale", "raw")
+            group.setdefault("amsgrad", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("p_schedule", None)
+            group.setdefault("p", 0.5)
+            if not isinstance(group["p"], Tensor):
+                group["p"] = torch.tensor(float(group["p"]), dtype=torch.float64)
+            if "step" not in group:  # older checkpoints: recover the clock from the per-parameter counts
+                steps = [float(self.state[q]["step"]) for q in group["params"] if "step" in self.state.get(q, {})]
+                group["step"] = int(max(steps, default=0))
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._p_callables and not self._warned_unsaved:
+            warnings.warn(
+                "NSF: a p schedule given as a plain callable is not saved in the state dict; pass it again when "
+                "you rebuild the optimizer (or use an nsf.schedules schedule, which is saved)", stacklevel=2)
+            self._warned_unsaved = True
+        return super().state_dict()
+
+    @torch.compiler.disable
+    def _advance_p(self, index: int, group: dict[str, Any]) -> None:
+        """Set ``group["p"]`` to the schedule's value for this step (kept out of compiled graphs: the
+        step counter is a Python int and must not become a guard)."""
+        if group["p_schedule"] is not None:
+            schedule = _schedules.from_dict(group["p_schedule"])
+        else:
+            schedule = self._p_callables.get(index)
+        if schedule is not None:
+            group["p"].fill_(schedule(group["step"]))
+        group["step"] += 1
+
+    def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps) -> bool:
+        has_complex = False
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError("NSF does not support sparse gradients (param.grad is sparse)")
+            has_complex |= torch.is_complex(param)
+            params.append(param)
+            grads.append(param.grad)
+            state = self.state[param]
+            if len(state) == 0:
+                state["step"] = (
+                    torch.zeros((), dtype=torch.float32, device=param.device)
+                    if group["capturable"]
+                    else torch.tensor(0.0, dtype=torch.float32)
+                )
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            state_steps.append(state["step"])
+        return has_complex
+
+    @_use_grad_for_differentiable
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for index, group in enumerate(self.param_groups):
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            exp_avg_sqs: list[Tensor] = []
+            max_exp_avg_sqs: list[Tensor] = []
+            state_steps: list[Tensor] = []
+            has_complex = self._init_group(
+                group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+            if not params:
+                continue  # a group with no gradients takes no step and its p clock stands still
+            self._advance_p(index, group)
+            beta1, beta2 = group["betas"]
+            nsf(
+                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+                p=group["p"], lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                weight_decay=group["weight_decay"], scale=group["scale"], amsgrad=group["amsgrad"],
+                decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"],
+                foreach=group["foreach"], capturable=group["capturable"],
+                differentiable=group["differentiable"], has_complex=has_complex,
+            )
+        return loss
+
+
+def _check_options(o: dict[str, Any]) -> None:
+    lr = o["lr"]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Invalid lr: a tensor lr must have one element, got shape {tuple(lr.shape)}")
+        lr_value = lr.item()
+    else:
+        lr_value = lr
+    if not isinstance(lr_value, (int, float)) or not 0.0 <= lr_value < float("inf"):
+        raise ValueError(f"Invalid lr (learning rate): {lr!r}; it must be a finite number >= 0")
+    betas = o["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
+    for i, b in enumerate(betas):
+        if not 0.0 <= float(b) < 1.0:
+            raise ValueError(f"Invalid betas[{i}]: {b}; it must lie in [0, 1)")
+    if not (isinstance(o["eps"], (int, float)) and 0.0 < o["eps"] < float("inf")):
+        raise ValueError(f"Invalid eps: {o['eps']!r}; it must be a finite number > 0")
+    if not (isinstance(o["weight_decay"], (int, float)) and 0.0 <= o["weight_decay"] < float("inf")):
+        raise ValueError(f"Invalid weight_decay: {o['weight_decay']!r}; it must be a finite number >= 0")
+    if o["scale"] not in SCALES:
+        raise ValueError(f"Invalid scale: {o['scale']!r}; expected one of {', '.join(SCALES)}")
+    try:
+        _schedules.as_schedule(o["p"])(0)
+    except ValueError as e:
+        raise ValueError(f"Invalid p: {e}") from None
+
+
+def nsf(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    p: Tensor,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    scale: str = "raw",
+    amsgrad: bool = False,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+    capturable: bool = False,
+    differentiable: bool = False,
+    has_complex: bool = False,
+) -> None:
+    """Functional NSF step (see ``NSF``); ``p`` is a 0-dim tensor."""
+    if foreach is None:
+        _, foreach = _default_to_fused_or_foreach(params, differentiable, use_fused=False)
+    if foreach and not torch.compiler.is_compiling():
+        func = _multi_tensor_nsf
+    else:  # the reference path; under torch.compile it is traced with p as a tensor input
+        func = _single_tensor_nsf
+    func(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+        p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,
+        amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+        capturable=capturable, has_complex=has_complex,
+    )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The power is taken in float32 or wider, whatever the parameter dtype."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _unit_v(v_hat: Tensor) -> Tensor:
+    """v̂ divided by its (finite) max: the p ≤ 0 direction is unchanged, and v̂^|p| ≤ 1 cannot overflow."""
+    finite = v_hat.clamp(max=torch.finfo(v_hat.dtype).max)
+    top = finite.amax()
+    return finite / torch.where(top > 0, top, torch.ones_like(top))
+
+
+def _graft(direction: Tensor, reference: Tensor) -> Tensor:
+    """``direction`` rescaled to the norm of ``reference`` (per tensor).
+
+    Both are divided by their max-abs before the norms are taken, so neither the norms nor their ratio
+    overflow, and a zero direction gives a zero step instead of 0/0.
+    """
+    def unit(x: Tensor) -> tuple[Tensor, Tensor]:
+        top = x.abs().amax()
+        top = torch.where(top > 0, top, torch.ones_like(top))
+        return x / top, top
+
+    d_unit, _ = unit(direction)
+    r_unit, r_top = unit(reference)
+    d_norm = torch.linalg.vector_norm(d_unit)
+    d_norm = torch.where(d_norm > 0, d_norm, torch.ones_like(d_norm))
+    return d_unit * (r_top * (torch.linalg.vector_norm(r_unit) / d_norm))
+
+
+def _single_tensor_nsf(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
+    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
+) -> None:
+    for i, param in enumerate(params):
+        grad = -grads[i] if maximize else grads[i]
+        exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
+        max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
+        if torch.is_complex(param):  # real and imaginary parts are independent coordinates, as in Adam
+            param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq))
+            if amsgrad:
+                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+
+        step_t += 1
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        v = exp_avg_sq
+        if amsgrad:
+            max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq, exp_avg_sq))
+            v = max_exp_avg_sq
+
+        step = step_t if capturable else _get_value(step_t)
+        cdtype = _compute_dtype(param.dtype)
+        m_hat = exp_avg.to(cdtype) / (1 - beta1**step)
+        v_hat = v.to(cdtype) / (1 - beta2**step)
+
+        p_t = p.to(param.device)
+        if scale != "raw" and param.numel() > 0:  # only the direction matters: keep v̂^|p| bounded
+            base = torch.where(p_t > 0, v_hat, _unit_v(v_hat))
+        else:
+            base = v_hat
+        v_pow = base.pow(p_t.abs())  # v̂^|p|: finite, and 0 where v̂ = 0 (p ≠ 0) — never v̂^p with p < 0
+        d = torch.where(p_t > 0, m_hat / (v_pow + eps), m_hat * v_pow)
+
+        if param.numel() > 0:
+            if scale == "sgd":
+                d = _graft(d, m_hat)
+            elif scale == "adam":
+                d = _graft(d, m_hat / (v_hat.sqrt() + eps))
+
+        if isinstance(lr, Tensor):
+            param.sub_((d * lr).to(param.dtype))
+        else:
+            param.add_(d.to(param.dtype), alpha=-lr)
+
+
+def _multi_tensor_nsf(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
+    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
+) -> None:
+    if not params:
+        return
+    p_value = float(p)  # p lives on the CPU: reading it syncs no device
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps]  # type: ignore[list-item]
+    )
+    for (device, dtype), ((d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps), _) in (
+        grouped.items()
+    ):
+        d_params, d_grads, d_exp_avgs, d_exp_avg_sqs = (
+            list(x) for x in (d_params, d_grads, d_exp_avgs, d_exp_avg_sqs))
+        d_max_exp_avg_sqs = list(d_max_exp_avg_sqs) if amsgrad else []
+        if has_complex:
+            if amsgrad:
+                _view_as_real(d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs)
+            else:
+                _view_as_real(d_params, d_grads, d_exp_avgs, d_exp_avg_sqs)
+        if maximize:
+            d_grads = torch._foreach_neg(d_grads)
+
+        if d_steps[0].is_cpu:
+            torch._foreach_add_(d_steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+        else:
+            torch._foreach_add_(d_steps, 1)
+
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                torch._foreach_mul_(d_params, 1 - lr * weight_decay)
+            else:
+                d_grads = torch._foreach_add(d_grads, d_params, alpha=weight_decay)
+
+        torch._foreach_lerp_(d_exp_avgs, d_grads, 1 - beta1)
+        torch._foreach_mul_(d_exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(d_exp_avg_sqs, d_grads, d_grads, 1 - beta2)
+        v = d_exp_avg_sqs
+        if amsgrad:
+            torch._foreach_maximum_(d_max_exp_avg_sqs, d_exp_avg_sqs)
+            v = d_max_exp_avg_sqs
+
+        cdtype = _compute_dtype(dtype)
+        m_hat = [t.to(cdtype) for t in d_exp_avgs] if cdtype != dtype else d_exp_avgs
+        v_hat = [t.to(cdtype) for t in v] if cdtype != dtype else v
+        if capturable:
+            bc1 = [1 - beta1**s for s in d_steps]
+            bc2 = [1 - beta2**s for s in d_steps]
+        else:
+            bc1 = [1 - beta1 ** _get_value(s) for s in d_steps]
+            bc2 = [1 - beta2 ** _get_value(s) for s in d_steps]
+        m_hat = torch._foreach_div(m_hat, bc1)
+        v_hat = torch._foreach_div(v_hat, bc2)
+
+        nonempty = [i for i, t in enumerate(m_hat) if t.numel() > 0]
+        if p_value > 0:
+            denom = torch._foreach_pow(v_hat, p_value)
+            torch._foreach_add_(denom, eps)
+            d = torch._foreach_div(m_hat, denom)
+        elif p_value == 0:
+            d = m_hat
+        else:
+            base = v_hat
+            if scale != "raw":
+                base = list(v_hat)
+                for i in nonempty:
+                    base[i] = _unit_v(v_hat[i])
+            d = torch._foreach_mul(m_hat, torch._foreach_pow(base, -p_value))
+
+        if scale != "raw" and nonempty:
+            if scale == "sgd":
+                reference = m_hat
+            else:
+                reference = torch._foreach_sqrt(v_hat)
+                torch._foreach_add_(reference, eps)
+                reference = torch._foreach_div(m_hat, reference)
+            d = list(d)
+            sub_d = [d[i] for i in nonempty]
+            sub_r = [reference[i] for i in nonempty]
+            for i, g in zip(nonempty, _foreach_graft(sub_d, sub_r)):
+                d[i] = g
+
+        if cdtype != dtype:
+            d = [t.to(dtype) for t in d]
+        if isinstance(lr, Tensor):
+            torch._foreach_sub_(d_params, torch._foreach_mul(d, lr))
+        else:
+            torch._foreach_add_(d_params, d, alpha=-lr)
+
+
+def _foreach_graft(direction: list[Tensor], reference: list[Tensor]) -> list[Tensor]:
+    """``_graft`` over tensor lists (same arithmetic, so both paths agree to rounding)."""
+    def unit(xs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        tops = torch._foreach_max(torch._foreach_abs(xs))
+        tops = [torch.where(t > 0, t, torch.ones_like(t)) for t in tops]
+        return torch._foreach_div(xs, tops), tops
+
+    d_unit, _ = unit(direction)
+    r_unit, r_tops = unit(reference)
+    d_norms = [torch.where(n > 0, n, torch.ones_like(n)) for n in torch._foreach_norm(d_unit)]
+    ratios = torch._foreach_mul(torch._foreach_div(torch._foreach_norm(r_unit), d_norms), r_tops)
+    return torch._foreach_mul(d_unit, ratios)

@@ -1,0 +1,302 @@
+"""Schedules for any hyperparameter, as pure functions of the step count.
+
+A schedule is closed-form in the number of completed steps (0 for the first update), so resuming needs only
+that count, and it describes itself with primitives (``to_dict``) so that optimizer state dicts holding it load
+with ``torch.load(weights_only=True)``. ``HyperparamScheduler`` drives any param-group key with a schedule in
+the style of ``torch.optim.lr_scheduler``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import Any, Callable, Sequence as SequenceT
+
+import torch
+
+__all__ = [
+    "Schedule",
+    "Constant",
+    "Cyclic",
+    "Anneal",
+    "Sequence",
+    "CallableSchedule",
+    "as_schedule",
+    "from_dict",
+    "epochs",
+    "HyperparamScheduler",
+]
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer number of steps, got {value!r}")
+    return int(value)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def epochs(n: float, steps_per_epoch: int) -> int:
+    """Steps in ``n`` epochs: ``Cyclic(-0.25, 0.25, period=epochs(2, len(loader)))``."""
+    n = _finite("n (epochs)", n)
+    steps_per_epoch = _positive_int("steps_per_epoch", steps_per_epoch)
+    steps = round(n * steps_per_epoch)
+    if steps <= 0:
+        raise ValueError(f"{n} epochs of {steps_per_epoch} steps is less than one step")
+    return steps
+
+
+class Schedule:
+    """Base class: ``schedule(step) -> float`` with ``step`` = completed steps (0, 1, 2, ...)."""
+
+    def __call__(self, step: int) -> float:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict | None:
+        """Primitive description (``from_dict`` inverts it), or None when it cannot be saved."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        d = self.to_dict() or {}
+        args = ", ".join(f"{k}={v!r}" for k, v in d.items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and self.to_dict() is not None and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class Constant(Schedule):
+    def __init__(self, value: float):
+        self.value = _finite("value", value)
+
+    def __call__(self, step: int) -> float:
+        return self.value
+
+    def to_dict(self) -> dict:
+        return {"type": "constant", "value": self.value}
+
+
+class Cyclic(Schedule):
+    """Periodic between ``low`` and ``high``; ``phase`` is a fraction of the period.
+
+    triangle, cosine and square start at ``low`` (square holds ``low`` for the first half period);
+    sine starts at the midpoint going up.
+    """
+
+    SHAPES = ("triangle", "cosine", "square", "sine")
+
+    def __init__(self, low: float, high: float, period: int, shape: str = "triangle", phase: float = 0.0):
+        self.low = _finite("low", low)
+        self.high = _finite("high", high)
+        if self.high < self.low:
+            raise ValueError(f"high ({high}) must be >= low ({low})")
+        self.period = _positive_int("period", period)
+        self.shape = _choice("shape", shape, self.SHAPES)
+        self.phase = _finite("phase", phase)
+
+    def __call__(self, step: int) -> float:
+        u = (step / self.period + self.phase) % 1.0
+        if self.shape == "triangle":
+            frac = 1.0 - abs(2.0 * u - 1.0)
+        elif self.shape == "cosine":
+            frac = 0.5 * (1.0 - math.cos(2.0 * math.pi * u))
+        elif self.shape == "square":
+            frac = 0.0 if u < 0.5 else 1.0
+        else:  # sine
+            frac = 0.5 * (1.0 + math.sin(2.0 * math.pi * u))
+        return self.low + (self.high - self.low) * frac
+
+    def to_dict(self) -> dict:
+        return {"type": "cyclic", "low": self.low, "high": self.high, "period": self.period,
+                "shape": self.shape, "phase": self.phase}
+
+
+class Anneal(Schedule):
+    """Monotone move from ``start`` to ``end`` over ``steps``, then held at ``end``."""
+
+    SHAPES = ("linear", "cosine")
+
+    def __init__(self, start: float, end: float, steps: int, shape: str = "linear"):
+        self.start = _finite("start", start)
+        self.end = _finite("end", end)
+        self.steps = _positive_int("steps", steps)
+        self.shape = _choice("shape", shape, self.SHAPES)
+
+    def __call__(self, step: int) -> float:
+        frac = min(max(step, 0) / self.steps, 1.0)
+        if self.shape == "cosine":
+            frac = 0.5 * (1.0 - math.cos(math.pi * frac))
+        return self.start + (self.end - self.start) * frac
+
+    def to_dict(self) -> dict:
+        return {"type": "anneal", "start": self.start, "end": self.end, "steps": self.steps, "shape": self.shape}
+
+
+class Sequence(Schedule):
+    """Segments run one after another, each seeing its own step count from 0; the last one runs on forever."""
+
+    def __init__(self, segments: SequenceT[tuple[int, Any]]):
+        segments = list(segments)
+        if not segments:
+            raise ValueError("segments must not be empty")
+        self.segments: list[tuple[int, Schedule]] = []
+        for i, seg in enumerate(segments):
+            if not isinstance(seg, (tuple, list)) or len(seg) != 2:
+                raise ValueError(f"segments[{i}] must be a (steps, schedule) pair, got {seg!r}")
+            steps, sched = seg
+            self.segments.append((_positive_int(f"segments[{i}] steps", steps), as_schedule(sched)))
+
+    def __call__(self, step: int) -> float:
+        for steps, sched in self.segments[:-1]:
+            if step < steps:
+                return sched(step)
+            step -= steps
+        return self.segments[-1][1](step)
+
+    def to_dict(self) -> dict | None:
+        parts = [[steps, sched.to_dict()] for steps, sched in self.segments]
+        if any(d is None for _, d in parts):
+            return None
+        return {"type": "sequence", "segments": parts}
+
+    def __repr__(self) -> str:
+        return f"Sequence({self.segments!r})"
+
+
+class CallableSchedule(Schedule):
+    """A plain ``f(step) -> float``. It works, but cannot be saved in a state dict."""
+
+    def __init__(self, fn: Callable[[int], float]):
+        self.fn = fn
+
+    def __call__(self, step: int) -> float:
+        return _finite(f"value returned by {self.fn!r} at step {step}", self.fn(step))
+
+    def to_dict(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"CallableSchedule({self.fn!r})"
+
+
+_TYPES = {"constant": Constant, "cyclic": Cyclic, "anneal": Anneal}
+
+
+def from_dict(d: dict) -> Schedule:
+    """Inverse of ``Schedule.to_dict``."""
+    if not isinstance(d, dict) or "type" not in d:
+        raise ValueError(f"a schedule description is a dict with a 'type' key, got {d!r}")
+    kind = d["type"]
+    kwargs = {k: v for k, v in d.items() if k != "type"}
+    if kind == "sequence":
+        return Sequence([(steps, from_dict(sub)) for steps, sub in kwargs["segments"]])
+    if kind not in _TYPES:
+        raise ValueError(f"unknown schedule type {kind!r}; known: {', '.join([*_TYPES, 'sequence'])}")
+    return _TYPES[kind](**kwargs)
+
+
+def as_schedule(value: Any) -> Schedule:
+    """Numbers, 0-dim tensors, dicts, Schedules and plain callables all become a Schedule."""
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, dict):
+        return from_dict(value)
+    if isinstance(value, (numbers.Real, torch.Tensor)) and not isinstance(value, bool):
+        return Constant(value)
+    if callable(value):
+        return CallableSchedule(value)
+    raise ValueError(f"cannot make a schedule from {value!r}: give a number, a Schedule, a dict or f(step)")
+
+
+class HyperparamScheduler:
+    """Drive any param-group key (``"p"``, ``"lr"``, ``"beta1"``, ``"beta2"``, ...) with a schedule.
+
+    Works like ``torch.optim.lr_scheduler``: construct it (the value for step 0 is applied at once), call
+    ``step()`` after each ``optimizer.step()``. Tensor-valued keys are updated in place with ``fill_`` so a
+    compiled step sees the new value without recompiling. ``schedule`` may be one schedule or one per group.
+    Several schedulers on different keys of one optimizer chain without interfering.
+
+    Driving ``"p"`` of an ``nsf.NSF`` turns off that group's own p schedule (the scheduler owns the key).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, key: str, schedule: Any, last_step: int = -1):
+        self.optimizer = optimizer
+        self.key = key
+        groups = optimizer.param_groups
+        if isinstance(schedule, (list, tuple)):
+            if len(schedule) != len(groups):
+                raise ValueError(f"got {len(schedule)} schedules for {len(groups)} param groups")
+            self.schedules = [as_schedule(s) for s in schedule]
+        else:
+            self.schedules = [as_schedule(schedule)] * len(groups)
+        for group in groups:
+            self._read(group)  # fail now, not at the first step, on a key the groups lack
+            if key == "p" and "p_schedule" in group:
+                group["p_schedule"] = None
+        self.last_step = last_step
+        self.step()
+
+    def _read(self, group: dict) -> Any:
+        if self.key in ("beta1", "beta2"):
+            return group["betas"][self.key == "beta2"]
+        if self.key not in group:
+            raise KeyError(f"param group has no key {self.key!r}; it has {sorted(k for k in group if k != 'params')}")
+        return group[self.key]
+
+    def _write(self, group: dict, value: float) -> None:
+        if self.key in ("beta1", "beta2"):
+            betas = list(group["betas"])
+            i = int(self.key == "beta2")
+            if isinstance(betas[i], torch.Tensor):
+                betas[i].fill_(value)
+            else:
+                betas[i] = value
+            group["betas"] = tuple(betas)
+        elif isinstance(group[self.key], torch.Tensor):
+            group[self.key].fill_(value)
+        else:
+            group[self.key] = value
+
+    def get_last_value(self) -> list[float]:
+        return [float(self._read(g)) for g in self.optimizer.param_groups]
+
+    def step(self) -> None:
+        self.last_step += 1
+        for group, sched in zip(self.optimizer.param_groups, self.schedules):
+            self._write(group, sched(self.last_step))
+
+    def state_dict(self) -> dict:
+        descriptions = [s.to_dict() for s in self.schedules]
+        if any(d is None for d in descriptions):
+            warnings.warn("a plain-callable schedule is not saved in the state dict; pass it again on rebuild",
+                          stacklevel=2)
+        return {"key": self.key, "last_step": self.last_step, "schedules": descriptions}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict["key"] != self.key:
+            raise ValueError(f"state dict drives {state_dict['key']!r}, this scheduler drives {self.key!r}")
+        self.schedules = [from_dict(d) if d is not None else s
+                          for d, s in zip(state_dict["schedules"], self.schedules)]
+        self.last_step = state_dict["last_step"] - 1
+        self.step()
