@@ -14,7 +14,6 @@ from torch import Tensor
 from torch.optim.optimizer import (
     Optimizer,
     ParamsT,
-    _default_to_fused_or_foreach,
     _get_value,
     _use_grad_for_differentiable,
     _view_as_real,
@@ -63,7 +62,8 @@ class NSF(Optimizer):
         scale: ``"raw"``, ``"sgd"`` or ``"adam"``.
         amsgrad: keep the running max of v and use it for :math:`\hat v` (with fixed ``p`` this is Padam).
         decoupled_weight_decay: ``θ ← θ(1 − ηλ)`` as in AdamW.
-        foreach: use the ``torch._foreach_*`` path (default: as ``torch.optim.Adam`` decides).
+        foreach: use the ``torch._foreach_*`` path (default: yes, unless ``differentiable``; under
+            ``torch.compile`` the single-tensor path is traced whatever this says).
         maximize: maximize the objective.
         capturable: keep step counts on the parameters' device and avoid host syncs for bias correction.
         differentiable: allow autograd through the step (single-tensor path).
@@ -265,8 +265,8 @@ def nsf(
     has_complex: bool = False,
 ) -> None:
     """Functional NSF step (see ``NSF``); ``p`` is a 0-dim tensor."""
-    if foreach is None:
-        _, foreach = _default_to_fused_or_foreach(params, differentiable, use_fused=False)
+    if foreach is None:  # unlike torch's Adam, also on the CPU: the foreach path does fewer passes there
+        foreach = not differentiable
     if foreach and not torch.compiler.is_compiling():
         func = _multi_tensor_nsf
     else:  # the reference path; under torch.compile it is traced with p as a tensor input
@@ -309,6 +309,21 @@ def _graft(direction: Tensor, reference: Tensor) -> Tensor:
     return d_unit * (r_top * (torch.linalg.vector_norm(r_unit) / d_norm))
 
 
+def _reference_step(m_hat: Tensor, v_hat: Tensor, p: Tensor, eps: float, scale: str) -> Tensor:
+    """The step per unit learning rate, from bias-corrected moments (SPEC §2), overflow-safe."""
+    if scale != "raw" and m_hat.numel() > 0:  # only the direction matters: keep v̂^|p| bounded
+        base = torch.where(p > 0, v_hat, _unit_v(v_hat))
+    else:
+        base = v_hat
+    v_pow = base.pow(p.abs())  # v̂^|p|: finite, and 0 where v̂ = 0 (p ≠ 0) — never v̂^p with p < 0
+    d = torch.where(p > 0, m_hat / (v_pow + eps), m_hat * v_pow)
+    if m_hat.numel() == 0 or scale == "raw":
+        return d
+    if scale == "sgd":
+        return _graft(d, m_hat)
+    return _graft(d, m_hat / (v_hat.sqrt() + eps))
+
+
 def _single_tensor_nsf(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
     weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
@@ -340,31 +355,30 @@ def _single_tensor_nsf(
         cdtype = _compute_dtype(param.dtype)
         m_hat = exp_avg.to(cdtype) / (1 - beta1**step)
         v_hat = v.to(cdtype) / (1 - beta2**step)
-
-        p_t = p.to(param.device)
-        if scale != "raw" and param.numel() > 0:  # only the direction matters: keep v̂^|p| bounded
-            base = torch.where(p_t > 0, v_hat, _unit_v(v_hat))
-        else:
-            base = v_hat
-        v_pow = base.pow(p_t.abs())  # v̂^|p|: finite, and 0 where v̂ = 0 (p ≠ 0) — never v̂^p with p < 0
-        d = torch.where(p_t > 0, m_hat / (v_pow + eps), m_hat * v_pow)
-
-        if param.numel() > 0:
-            if scale == "sgd":
-                d = _graft(d, m_hat)
-            elif scale == "adam":
-                d = _graft(d, m_hat / (v_hat.sqrt() + eps))
-
+        d = _reference_step(m_hat, v_hat, p.to(param.device), eps, scale)
         if isinstance(lr, Tensor):
             param.sub_((d * lr).to(param.dtype))
         else:
             param.add_(d.to(param.dtype), alpha=-lr)
 
 
+def _foreach_power(xs: list[Tensor], exponent: float) -> list[Tensor]:
+    """xs ** exponent, with square-root chains for the common exponents (exact and much cheaper than pow)."""
+    if exponent == 0.5:
+        return torch._foreach_sqrt(xs)
+    if exponent == 0.25:
+        return torch._foreach_sqrt(torch._foreach_sqrt(xs))
+    if exponent == 1.0:
+        return [x.clone() for x in xs]
+    return torch._foreach_pow(xs, exponent)
+
+
 def _multi_tensor_nsf(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
     weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
 ) -> None:
+    """The reference's arithmetic with the bias corrections folded into per-tensor scalars (as
+    torch's Adam does): one power and one fused multiply-add per element for the raw step."""
     if not params:
         return
     p_value = float(p)  # p lives on the CPU: reading it syncs no device
@@ -399,51 +413,51 @@ def _multi_tensor_nsf(
         torch._foreach_lerp_(d_exp_avgs, d_grads, 1 - beta1)
         torch._foreach_mul_(d_exp_avg_sqs, beta2)
         torch._foreach_addcmul_(d_exp_avg_sqs, d_grads, d_grads, 1 - beta2)
-        v = d_exp_avg_sqs
+        v = d_max_exp_avg_sqs if amsgrad else d_exp_avg_sqs
         if amsgrad:
             torch._foreach_maximum_(d_max_exp_avg_sqs, d_exp_avg_sqs)
-            v = d_max_exp_avg_sqs
 
-        cdtype = _compute_dtype(dtype)
-        m_hat = [t.to(cdtype) for t in d_exp_avgs] if cdtype != dtype else d_exp_avgs
-        v_hat = [t.to(cdtype) for t in v] if cdtype != dtype else v
-        if capturable:
+        if capturable:  # keep bias corrections on the device as 0-dim tensors
             bc1 = [1 - beta1**s for s in d_steps]
             bc2 = [1 - beta2**s for s in d_steps]
         else:
             bc1 = [1 - beta1 ** _get_value(s) for s in d_steps]
             bc2 = [1 - beta2 ** _get_value(s) for s in d_steps]
-        m_hat = torch._foreach_div(m_hat, bc1)
-        v_hat = torch._foreach_div(v_hat, bc2)
 
-        nonempty = [i for i, t in enumerate(m_hat) if t.numel() > 0]
-        if p_value > 0:
-            denom = torch._foreach_pow(v_hat, p_value)
-            torch._foreach_add_(denom, eps)
-            d = torch._foreach_div(m_hat, denom)
-        elif p_value == 0:
-            d = m_hat
+        cdtype = _compute_dtype(dtype)
+        m = [t.to(cdtype) for t in d_exp_avgs] if cdtype != dtype else d_exp_avgs
+        v = [t.to(cdtype) for t in v] if cdtype != dtype else v
+        # d_true = m̂·f(v̂) = scale_i · d below, with per-tensor scalars scale_i from the bias corrections
+        if p_value > 0:  # m̂/(v̂^p + ε) = (bc2^p/bc1) · m/(v^p + ε·bc2^p)
+            denom = _foreach_power(v, p_value)
+            torch._foreach_add_(denom, [eps * b**p_value for b in bc2])
+            factors = [b**p_value / a for a, b in zip(bc1, bc2)]
+        elif p_value < 0:  # m̂·v̂^|p| = m·v^|p| / (bc1·bc2^|p|)
+            v_pow = _foreach_power(v, -p_value)
+            factors = [1 / (a * b**-p_value) for a, b in zip(bc1, bc2)]
         else:
-            base = v_hat
-            if scale != "raw":
-                base = list(v_hat)
-                for i in nonempty:
-                    base[i] = _unit_v(v_hat[i])
-            d = torch._foreach_mul(m_hat, torch._foreach_pow(base, -p_value))
+            factors = [1 / a for a in bc1]
 
-        if scale != "raw" and nonempty:
-            if scale == "sgd":
-                reference = m_hat
+        if scale == "raw" and not isinstance(lr, Tensor) and not capturable:
+            alphas = [-lr * f for f in factors]
+            if p_value > 0:
+                torch._foreach_addcdiv_(d_params, m, denom, alphas)
+            elif p_value < 0:
+                torch._foreach_addcmul_(d_params, m, v_pow, alphas)
             else:
-                reference = torch._foreach_sqrt(v_hat)
-                torch._foreach_add_(reference, eps)
-                reference = torch._foreach_div(m_hat, reference)
-            d = list(d)
-            sub_d = [d[i] for i in nonempty]
-            sub_r = [reference[i] for i in nonempty]
-            for i, g in zip(nonempty, _foreach_graft(sub_d, sub_r)):
-                d[i] = g
+                torch._foreach_add_(d_params, torch._foreach_mul(m, alphas))
+            continue
 
+        if p_value > 0:
+            d = torch._foreach_div(m, denom)
+        elif p_value < 0:
+            d = torch._foreach_mul(m, v_pow)
+        else:
+            d = m  # not modified in place below: it may be the optimizer state itself
+        if scale == "raw":
+            d = torch._foreach_mul(d, factors)
+        else:
+            d = _foreach_graft(d, m, v, bc1, bc2, p, eps, scale)
         if cdtype != dtype:
             d = [t.to(dtype) for t in d]
         if isinstance(lr, Tensor):
@@ -452,15 +466,30 @@ def _multi_tensor_nsf(
             torch._foreach_add_(d_params, d, alpha=-lr)
 
 
-def _foreach_graft(direction: list[Tensor], reference: list[Tensor]) -> list[Tensor]:
-    """``_graft`` over tensor lists (same arithmetic, so both paths agree to rounding)."""
-    def unit(xs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        tops = torch._foreach_max(torch._foreach_abs(xs))
-        tops = [torch.where(t > 0, t, torch.ones_like(t)) for t in tops]
-        return torch._foreach_div(xs, tops), tops
-
-    d_unit, _ = unit(direction)
-    r_unit, r_tops = unit(reference)
-    d_norms = [torch.where(n > 0, n, torch.ones_like(n)) for n in torch._foreach_norm(d_unit)]
-    ratios = torch._foreach_mul(torch._foreach_div(torch._foreach_norm(r_unit), d_norms), r_tops)
-    return torch._foreach_mul(d_unit, ratios)
+def _foreach_graft(d, m, v, bc1, bc2, p, eps, scale) -> list[Tensor]:
+    """Grafted steps: d (any positive per-tensor multiple of the true direction) rescaled to the reference's
+    length. Plain norms when they are finite and non-zero; tensors whose norms over- or underflow are
+    recomputed with the overflow-safe reference."""
+    if scale == "sgd":
+        reference = m
+        ref_factors = [1 / a for a in bc1]
+    else:  # m̂/(√v̂ + ε) = (1/bc1) · m/(√v/√bc2 + ε)
+        reference = torch._foreach_sqrt(v)
+        torch._foreach_div_(reference, [b**0.5 for b in bc2])
+        torch._foreach_add_(reference, eps)
+        reference = torch._foreach_div(m, reference)
+        ref_factors = [1 / a for a in bc1]
+    d_norms = torch._foreach_norm(d)
+    r_norms = torch._foreach_norm(reference)
+    ratios = [rn * f / dn for rn, dn, f in zip(r_norms, d_norms, ref_factors)]
+    d = list(torch._foreach_mul(d, ratios))
+    norms = torch.stack([*d_norms, *r_norms])
+    if bool(torch.isfinite(norms).all() and (norms > 0).all()):
+        return d
+    for i, (dn, rn) in enumerate(zip(d_norms, r_norms)):
+        if not (torch.isfinite(dn) and torch.isfinite(rn) and dn > 0 and rn > 0):
+            if m[i].numel() == 0:
+                continue
+            m_hat, v_hat = m[i] / bc1[i], v[i] / bc2[i]
+            d[i] = _reference_step(m_hat, v_hat, p.to(m_hat.device), eps, scale)
+    return d
