@@ -28,6 +28,7 @@ SCALES = ("raw", "sgd", "adam")
 #: Provisional defaults (issue #2); issue #4 replaces them with the benchmark's choice.
 DEFAULT_LR = 1e-3
 DEFAULT_P = _schedules.Cyclic(0.25, 0.5, period=1000, shape="cosine")
+_CALLABLE = "callable"  # group["p_schedule"] marker: the schedule is a plain callable held by the optimizer
 
 
 class NSF(Optimizer):
@@ -92,26 +93,27 @@ class NSF(Optimizer):
             capturable=capturable, differentiable=differentiable,
         )
         _check_options(defaults)
-        if foreach and differentiable:
-            raise ValueError("foreach=True does not support differentiable=True; use foreach=False")
         self._p_callables: dict[int, _schedules.Schedule] = {}  # per group index: unsaveable schedules
         self._warned_unsaved = False
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        _check_options({**self.defaults, **param_group})  # before the group is in: a bad group leaves no trace
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_options(group)
-        index = len(self.param_groups) - 1
         schedule = _schedules.as_schedule(group["p"])
         if isinstance(schedule, _schedules.Constant):
             group["p_schedule"] = None
-        else:
+        elif schedule.to_dict() is not None:
             group["p_schedule"] = schedule.to_dict()
-            if group["p_schedule"] is None:
-                self._p_callables[index] = schedule
+        else:  # a plain callable: kept on the optimizer, marked in the (saveable) group
+            group["p_schedule"] = _CALLABLE
+            self._p_callables[len(self.param_groups) - 1] = schedule
         group["p"] = torch.tensor(schedule(0), dtype=torch.float64)
         group.setdefault("step", 0)  # steps this group has taken: the schedules' clock
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_p_callables": self._p_callables}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -134,7 +136,7 @@ class NSF(Optimizer):
                 group["step"] = int(max(steps, default=0))
 
     def state_dict(self) -> dict[str, Any]:
-        if self._p_callables and not self._warned_unsaved:
+        if not self._warned_unsaved and any(g["p_schedule"] == _CALLABLE for g in self.param_groups):
             warnings.warn(
                 "NSF: a p schedule given as a plain callable is not saved in the state dict; pass it again when "
                 "you rebuild the optimizer (or use an nsf.schedules schedule, which is saved)", stacklevel=2)
@@ -145,10 +147,12 @@ class NSF(Optimizer):
     def _advance_p(self, index: int, group: dict[str, Any]) -> None:
         """Set ``group["p"]`` to the schedule's value for this step (kept out of compiled graphs: the
         step counter is a Python int and must not become a guard)."""
-        if group["p_schedule"] is not None:
+        if group["p_schedule"] == _CALLABLE:
+            schedule = self._p_callables.get(index)
+        elif group["p_schedule"] is not None:
             schedule = _schedules.from_dict(group["p_schedule"])
         else:
-            schedule = self._p_callables.get(index)
+            schedule = None
         if schedule is not None:
             group["p"].fill_(schedule(group["step"]))
         group["step"] += 1
@@ -233,6 +237,8 @@ def _check_options(o: dict[str, Any]) -> None:
         raise ValueError(f"Invalid eps: {o['eps']!r}; it must be a finite number > 0")
     if not (isinstance(o["weight_decay"], (int, float)) and 0.0 <= o["weight_decay"] < float("inf")):
         raise ValueError(f"Invalid weight_decay: {o['weight_decay']!r}; it must be a finite number >= 0")
+    if o["foreach"] and o["differentiable"]:
+        raise ValueError("foreach=True does not support differentiable=True; use foreach=False")
     if o["scale"] not in SCALES:
         raise ValueError(f"Invalid scale: {o['scale']!r}; expected one of {', '.join(SCALES)}")
     try:
