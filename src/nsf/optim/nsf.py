@@ -1,11 +1,14 @@
 """NSF: Adam with a signed, scheduled second-moment exponent p (SPEC.md §2).
 
 ``_single_tensor_nsf`` is the readable reference and the specification; ``_multi_tensor_nsf`` is the
-``torch._foreach_*`` fast path, proven equal to it by the tests.
+``torch._foreach_*`` fast path and ``_fused_nsf`` (``_fused.py``) the compiled one, both proven equal to it
+by the tests (tests/test_optim_reference.py, tests/test_optim_fast.py).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
 from typing import Any, Callable
 
@@ -20,6 +23,7 @@ from torch.optim.optimizer import (
 )
 
 from .. import schedules as _schedules
+from . import _fused
 
 __all__ = ["NSF", "nsf", "SCALES"]
 
@@ -68,6 +72,17 @@ class NSF(Optimizer):
         maximize: maximize the objective.
         capturable: keep step counts on the parameters' device and avoid host syncs for bias correction.
         differentiable: allow autograd through the step (single-tensor path).
+        fused: the compiled step (``torch.compile`` of the foreach arithmetic: one pass over θ, g, m, v per
+            tensor; two for the grafted scales). Every moving value (p, lr, betas, weight decay, bias
+            corrections) is a tensor input, so schedules never recompile; |p| ∈ {¼, ½, ¾, 1} and p = 0 get
+            exact square-root kernels (at most ten graphs per parameter list). ``None`` (default) chooses it
+            for a device/dtype group of at least ``AUTO_FUSED_MIN_NUMEL`` (≈ 1 M) elements when ``foreach``
+            is not given, else foreach; where compiling fails it warns once and uses foreach. Complex
+            parameters, ``capturable``, ``differentiable`` and FSDP2 (DTensor) parameters in the automatic
+            choice take the other paths. See docs/performance.md.
+        state_dtype: dtype of m and v for real floating parameters (default: the parameter's). With bf16 or
+            fp16 parameters, ``torch.float32`` keeps the moments exact to float32; the power is always taken
+            in float32 or wider.
     """
 
     def __init__(
@@ -86,11 +101,14 @@ class NSF(Optimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, p=p, scale=scale, amsgrad=amsgrad,
             decoupled_weight_decay=decoupled_weight_decay, foreach=foreach, maximize=maximize,
-            capturable=capturable, differentiable=differentiable,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            state_dtype=_as_state_dtype(state_dtype),
         )
         _check_options(defaults)
         self._p_callables: dict[int, _schedules.Schedule] = {}  # per group index: unsaveable schedules
@@ -101,6 +119,7 @@ class NSF(Optimizer):
         _check_options({**self.defaults, **param_group})  # before the group is in: a bad group leaves no trace
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        group["state_dtype"] = _as_state_dtype(group.get("state_dtype"))
         schedule = _schedules.as_schedule(group["p"])
         if isinstance(schedule, _schedules.Constant):
             group["p_schedule"] = None
@@ -127,6 +146,8 @@ class NSF(Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("capturable", False)
             group.setdefault("differentiable", False)
+            group.setdefault("fused", None)
+            group.setdefault("state_dtype", None)
             group.setdefault("p_schedule", None)
             group.setdefault("p", 0.5)
             if not isinstance(group["p"], Tensor):
@@ -143,6 +164,33 @@ class NSF(Optimizer):
             self._warned_unsaved = True
         return super().state_dict()
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # torch casts floating state to the parameter's dtype; moments kept in another dtype (state_dtype) are
+        # restored from the saved tensors, so a bf16 model's float32 moments come back without a bf16 round trip
+        saved_state = state_dict.get("state", {})
+        for group, saved in zip(self.param_groups, state_dict.get("param_groups", [])):
+            if group.get("state_dtype") is None:
+                continue
+            for param, pid in zip(group["params"], saved["params"]):
+                saved_param_state = saved_state.get(pid, {})
+                for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    value = saved_param_state.get(key)
+                    if isinstance(value, Tensor) and param.is_floating_point():
+                        self.state[param][key] = value.to(
+                            device=param.device, dtype=_state_dtype_for(param, group["state_dtype"]), copy=True)
+
+    def _schedule_from(self, index: int, description: dict) -> _schedules.Schedule:
+        """``from_dict``, remembered per group while the description stays the same (it is rebuilt each step
+        otherwise, which is most of the step's Python overhead on small models)."""
+        cache = self.__dict__.setdefault("_schedule_cache", {})
+        hit = cache.get(index)
+        if hit is not None and hit[0] == description:
+            return hit[1]
+        schedule = _schedules.from_dict(description)
+        cache[index] = (copy.deepcopy(description), schedule)
+        return schedule
+
     @torch.compiler.disable
     def _advance_p(self, index: int, group: dict[str, Any]) -> None:
         """Set ``group["p"]`` to the schedule's value for this step (kept out of compiled graphs: the
@@ -150,7 +198,7 @@ class NSF(Optimizer):
         if group["p_schedule"] == _CALLABLE:
             schedule = self._p_callables.get(index)
         elif group["p_schedule"] is not None:
-            schedule = _schedules.from_dict(group["p_schedule"])
+            schedule = self._schedule_from(index, group["p_schedule"])
         else:
             schedule = None
         if schedule is not None:
@@ -174,10 +222,12 @@ class NSF(Optimizer):
                     if group["capturable"]
                     else torch.tensor(0.0, dtype=torch.float32)
                 )
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                sdtype = _state_dtype_for(param, group["state_dtype"])
+                state["exp_avg"] = torch.zeros_like(param, dtype=sdtype, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, dtype=sdtype, memory_format=torch.preserve_format)
                 if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["max_exp_avg_sq"] = torch.zeros_like(
+                        param, dtype=sdtype, memory_format=torch.preserve_format)
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             if group["amsgrad"]:
@@ -212,7 +262,7 @@ class NSF(Optimizer):
                 weight_decay=group["weight_decay"], scale=group["scale"], amsgrad=group["amsgrad"],
                 decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"],
                 foreach=group["foreach"], capturable=group["capturable"],
-                differentiable=group["differentiable"], has_complex=has_complex,
+                differentiable=group["differentiable"], has_complex=has_complex, fused=group["fused"],
             )
         return loss
 
@@ -239,12 +289,78 @@ def _check_options(o: dict[str, Any]) -> None:
         raise ValueError(f"Invalid weight_decay: {o['weight_decay']!r}; it must be a finite number >= 0")
     if o["foreach"] and o["differentiable"]:
         raise ValueError("foreach=True does not support differentiable=True; use foreach=False")
+    if o.get("fused"):
+        if o["foreach"]:
+            raise ValueError("fused=True and foreach=True are exclusive; choose one")
+        if o["differentiable"]:
+            raise ValueError("fused=True does not support differentiable=True; use fused=False")
+        if o["capturable"]:
+            raise ValueError("fused=True does not support capturable=True (it reads step counts on the host)")
+    _as_state_dtype(o.get("state_dtype"))
     if o["scale"] not in SCALES:
         raise ValueError(f"Invalid scale: {o['scale']!r}; expected one of {', '.join(SCALES)}")
     try:
         _schedules.as_schedule(o["p"])(0)
     except ValueError as e:
         raise ValueError(f"Invalid p: {e}") from None
+
+
+_ONE = torch.tensor(1.0)  # the step-count increment, made once (torch's Adam makes it every step)
+
+_STATE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}
+
+
+def _as_state_dtype(value: Any) -> torch.dtype | None:
+    """None (the parameter's dtype) or a floating torch dtype; strings such as ``"float32"`` are accepted."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        key = value.removeprefix("torch.")
+        if key not in _STATE_DTYPES:
+            raise ValueError(f"Invalid state_dtype: {value!r}; expected one of {', '.join(_STATE_DTYPES)} or None")
+        return _STATE_DTYPES[key]
+    if isinstance(value, torch.dtype) and value in _STATE_DTYPES.values():
+        return value
+    raise ValueError(f"Invalid state_dtype: {value!r}; expected a floating torch dtype, its name, or None")
+
+
+def _state_dtype_for(param: Tensor, state_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of m and v: ``state_dtype`` for real floating parameters, else the parameter's own."""
+    if state_dtype is None or not param.is_floating_point():
+        return param.dtype
+    return state_dtype
+
+
+def _use_fused(params: list[Tensor], fused: bool | None, foreach: bool | None, differentiable: bool,
+               capturable: bool, scale: str, has_complex: bool) -> bool:
+    """Whether this call takes the compiled path. ``fused=None`` chooses it where it was measured to win (see
+    ``docs/performance.md``); cases it does not cover (complex parameters, capturable, differentiable, inside an
+    outer ``torch.compile``) quietly take the other paths."""
+    if fused is False or differentiable or capturable or has_complex:
+        return False
+    if torch.compiler.is_compiling() or not _fused.available():
+        return False
+    if fused is None:
+        return foreach is None and _auto_fused(params)
+    return True
+
+
+#: ``fused=None`` takes the compiled step for a call with at least this many elements (≈ 1 M): there it was
+#: measured 2–4× faster than the foreach path on a CPU, and the one-off compile (seconds) is soon repaid; below
+#: it, guard and launch overheads eat the gain. See docs/performance.md.
+AUTO_FUSED_MIN_NUMEL = 1 << 20
+
+
+def _auto_fused(params: list[Tensor]) -> bool:
+    if sum(q.numel() for q in params) < AUTO_FUSED_MIN_NUMEL or params[0].device.type not in ("cpu", "cuda"):
+        return False
+    return not any(_is_dtensor(q) for q in params)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    """FSDP2's sharded parameters: left to the foreach path, whose DTensor ops reduce norms across shards."""
+    return any(c.__name__ == "DTensor" for c in type(t).__mro__)
 
 
 def nsf(
@@ -269,8 +385,17 @@ def nsf(
     capturable: bool = False,
     differentiable: bool = False,
     has_complex: bool = False,
+    fused: bool | None = None,
 ) -> None:
     """Functional NSF step (see ``NSF``); ``p`` is a 0-dim tensor."""
+    if params and _use_fused(params, fused, foreach, differentiable, capturable, scale, has_complex):
+        _fused_nsf(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+            p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,
+            amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+            capturable=capturable, has_complex=has_complex,
+        )
+        return
     if foreach is None:  # unlike torch's Adam, also on the CPU: the foreach path does fewer passes there
         foreach = not differentiable
     if foreach and not torch.compiler.is_compiling():
@@ -344,11 +469,13 @@ def _single_tensor_nsf(
                 max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
 
         step_t += 1
+        if grad.dtype != exp_avg.dtype:  # state_dtype: moments kept in another dtype than the parameter
+            grad = grad.to(exp_avg.dtype)
         if weight_decay != 0:
             if decoupled_weight_decay:
                 param.mul_(1 - lr * weight_decay)
             else:
-                grad = grad.add(param, alpha=weight_decay)
+                grad = grad.add(param.to(grad.dtype), alpha=weight_decay)
 
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -358,7 +485,7 @@ def _single_tensor_nsf(
             v = max_exp_avg_sq
 
         step = step_t if capturable else _get_value(step_t)
-        cdtype = _compute_dtype(param.dtype)
+        cdtype = _compute_dtype(torch.promote_types(param.dtype, exp_avg.dtype))
         m_hat = exp_avg.to(cdtype) / (1 - beta1**step)
         v_hat = v.to(cdtype) / (1 - beta2**step)
         d = _reference_step(m_hat, v_hat, p.to(param.device), eps, scale)
@@ -368,15 +495,65 @@ def _single_tensor_nsf(
             param.add_(d.to(param.dtype), alpha=-lr)
 
 
+def _fused_nsf(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
+    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
+) -> None:
+    """The compiled step (``_fused.py``): the foreach path's arithmetic in one pass per tensor (two for the
+    grafted scales); a device/dtype group whose compile fails takes the foreach path."""
+    grouped = _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+    for (device, dtype, sdtype), lists in grouped.items():
+        d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps = lists
+        done = _fused.fused_step(
+            d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps, p=p, lr=lr, scale=scale,
+            beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+            cdtype=_compute_dtype(torch.promote_types(dtype, sdtype)))
+        if not done:
+            _multi_tensor_nsf(
+                d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps,
+                p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,
+                amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                capturable=capturable, has_complex=has_complex)
+
+
+def _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):
+    """{(device, param dtype, state dtype): [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps]}."""
+    if all(m.dtype == q.dtype for m, q in zip(exp_avgs, params)):
+        grouped = Optimizer._group_tensors_by_device_and_dtype(
+            [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps])  # type: ignore[list-item]
+        return {(device, dtype, dtype): [list(x) for x in lists] for (device, dtype), (lists, _) in grouped.items()}
+    out: dict[tuple, list[list[Tensor]]] = {}
+    for i, q in enumerate(params):
+        key = (q.device, q.dtype, exp_avgs[i].dtype)
+        lists = out.setdefault(key, [[], [], [], [], [], []])
+        for j, source in enumerate((params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)):
+            if j != 4 or max_exp_avg_sqs:
+                lists[j].append(source[i])
+    return out
+
+
 def _foreach_power(xs: list[Tensor], exponent: float) -> list[Tensor]:
-    """xs ** exponent, with square-root chains for the common exponents (exact and much cheaper than pow)."""
+    """xs ** exponent, as new tensors, with square-root chains for |p| ∈ {¼, ½, ¾, 1} (exact and much cheaper
+    than pow, which costs a log and an exp per element)."""
     if exponent == 0.5:
         return torch._foreach_sqrt(xs)
-    if exponent == 0.25:
-        return torch._foreach_sqrt(torch._foreach_sqrt(xs))
+    if exponent == 0.25:  # one new tensor per input, the second root in place (large allocations are costly)
+        out = torch._foreach_sqrt(xs)
+        torch._foreach_sqrt_(out)
+        return out
+    if exponent == 0.75:
+        out = torch._foreach_sqrt(xs)
+        torch._foreach_mul_(out, torch._foreach_sqrt(out))
+        return out
     if exponent == 1.0:
         return [x.clone() for x in xs]
-    return torch._foreach_pow(xs, exponent)
+    # exp(a·log x) for a > 0 (0 at x = 0, inf at inf): measured ~3× faster than _foreach_pow on cache-sized
+    # tensors and no slower on large ones, within a few float ulps of pow
+    out = torch._foreach_log(xs)
+    torch._foreach_mul_(out, exponent)
+    torch._foreach_exp_(out)
+    return out
 
 
 def _multi_tensor_nsf(
@@ -388,15 +565,11 @@ def _multi_tensor_nsf(
     if not params:
         return
     p_value = float(p)  # p lives on the CPU: reading it syncs no device
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps]  # type: ignore[list-item]
-    )
-    for (device, dtype), ((d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps), _) in (
+    grouped = _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+    for (device, dtype, sdtype), (d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps) in (
         grouped.items()
     ):
-        d_params, d_grads, d_exp_avgs, d_exp_avg_sqs = (
-            list(x) for x in (d_params, d_grads, d_exp_avgs, d_exp_avg_sqs))
-        d_max_exp_avg_sqs = list(d_max_exp_avg_sqs) if amsgrad else []
+        d_max_exp_avg_sqs = d_max_exp_avg_sqs if amsgrad else []
         if has_complex:
             if amsgrad:
                 _view_as_real(d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs)
@@ -404,9 +577,11 @@ def _multi_tensor_nsf(
                 _view_as_real(d_params, d_grads, d_exp_avgs, d_exp_avg_sqs)
         if maximize:
             d_grads = torch._foreach_neg(d_grads)
+        if sdtype != dtype:  # state_dtype: the moments are kept in another dtype than the parameters
+            d_grads = [g.to(sdtype) for g in d_grads]
 
         if d_steps[0].is_cpu:
-            torch._foreach_add_(d_steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+            torch._foreach_add_(d_steps, _ONE, alpha=1.0)
         else:
             torch._foreach_add_(d_steps, 1)
 
@@ -414,7 +589,8 @@ def _multi_tensor_nsf(
             if decoupled_weight_decay:
                 torch._foreach_mul_(d_params, 1 - lr * weight_decay)
             else:
-                d_grads = torch._foreach_add(d_grads, d_params, alpha=weight_decay)
+                wd_params = d_params if sdtype == dtype else [q.to(sdtype) for q in d_params]
+                d_grads = torch._foreach_add(d_grads, wd_params, alpha=weight_decay)
 
         torch._foreach_lerp_(d_exp_avgs, d_grads, 1 - beta1)
         torch._foreach_mul_(d_exp_avg_sqs, beta2)
@@ -427,19 +603,21 @@ def _multi_tensor_nsf(
             bc1 = [1 - beta1**s for s in d_steps]
             bc2 = [1 - beta2**s for s in d_steps]
         else:
-            bc1 = [1 - beta1 ** _get_value(s) for s in d_steps]
-            bc2 = [1 - beta2 ** _get_value(s) for s in d_steps]
+            counts = [s.item() for s in d_steps] if not torch.compiler.is_compiling() else [
+                _get_value(s) for s in d_steps]
+            bc1 = [1 - beta1**c for c in counts]
+            bc2 = [1 - beta2**c for c in counts]
 
-        cdtype = _compute_dtype(dtype)
-        m = [t.to(cdtype) for t in d_exp_avgs] if cdtype != dtype else d_exp_avgs
-        v = [t.to(cdtype) for t in v] if cdtype != dtype else v
+        cdtype = _compute_dtype(torch.promote_types(dtype, sdtype))
+        m = [t.to(cdtype) for t in d_exp_avgs] if cdtype != sdtype else d_exp_avgs
+        v = [t.to(cdtype) for t in v] if cdtype != sdtype else v
         # d_true = m̂·f(v̂) = scale_i · d below, with per-tensor scalars scale_i from the bias corrections
         if p_value > 0:  # m̂/(v̂^p + ε) = (bc2^p/bc1) · m/(v^p + ε·bc2^p)
             denom = _foreach_power(v, p_value)
             torch._foreach_add_(denom, [eps * b**p_value for b in bc2])
             factors = [b**p_value / a for a, b in zip(bc1, bc2)]
         elif p_value < 0:  # m̂·v̂^|p| = m·v^|p| / (bc1·bc2^|p|)
-            v_pow = _foreach_power(v, -p_value)
+            v_pow = v if p_value == -1.0 else _foreach_power(v, -p_value)  # only read below
             factors = [1 / (a * b**-p_value) for a, b in zip(bc1, bc2)]
         else:
             factors = [1 / a for a in bc1]
@@ -487,13 +665,28 @@ def _foreach_graft(d, m, v, bc1, bc2, p, eps, scale) -> list[Tensor]:
         ref_factors = [1 / a for a in bc1]
     d_norms = torch._foreach_norm(d)
     r_norms = torch._foreach_norm(reference)
-    ratios = [rn * f / dn for rn, dn, f in zip(r_norms, d_norms, ref_factors)]
-    d = list(torch._foreach_mul(d, ratios))
-    norms = torch.stack([*d_norms, *r_norms])
-    if bool(torch.isfinite(norms).all() and (norms > 0).all()):
-        return d
-    for i, (dn, rn) in enumerate(zip(d_norms, r_norms)):
-        if not (torch.isfinite(dn) and torch.isfinite(rn) and dn > 0 and rn > 0):
+    if not any(isinstance(f, Tensor) for f in ref_factors):  # not capturable: the ratios on the host, one read
+        stacked = torch.stack([*d_norms, *r_norms])
+        if _is_dtensor(stacked):
+            stacked = stacked.full_tensor()
+        norms = stacked.tolist()
+        n = len(d)
+        good = [math.isfinite(norms[i]) and math.isfinite(norms[n + i]) and norms[i] > 0 and norms[n + i] > 0
+                for i in range(n)]
+        d = list(torch._foreach_mul(d, [norms[n + i] * ref_factors[i] / norms[i] if good[i] else 0.0
+                                         for i in range(n)]))
+        if all(good):
+            return d
+    else:
+        ratios = [rn * f / dn for rn, dn, f in zip(r_norms, d_norms, ref_factors)]
+        d = list(torch._foreach_mul(d, ratios))
+        norms_t = torch.stack([*d_norms, *r_norms])
+        if bool(torch.isfinite(norms_t).all() and (norms_t > 0).all()):
+            return d
+        good = [bool(torch.isfinite(dn) and torch.isfinite(rn) and dn > 0 and rn > 0)
+                for dn, rn in zip(d_norms, r_norms)]
+    for i in range(len(d)):
+        if not good[i]:
             if m[i].numel() == 0:
                 continue
             m_hat, v_hat = m[i] / bc1[i], v[i] / bc2[i]

@@ -1,0 +1,327 @@
+"""The fast paths: square-root chains for |p| ∈ {¼, ½, ¾, 1}, the fused (torch.compile) step, its automatic choice
+and fallback, and stepped (quantised) cycles. Every fast path equals the single-tensor reference."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+
+import nsf
+from nsf.optim import _fused
+nsf_module = importlib.import_module("nsf.optim.nsf")
+
+torch.set_num_threads(1)
+#: benchmarks/gpu_check.sh runs this file with NSF_TEST_DEVICE=cuda
+DEVICE = os.environ.get("NSF_TEST_DEVICE", "cpu")
+
+FAST_P = [0.25, 0.5, 0.75, 1.0, -0.25, -0.5, -0.75, -1.0, 0.0]
+
+
+def make_params(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(12, 7), (7,), (5, 3, 2), (1,)]
+    return [torch.randn(s, generator=g, dtype=dtype).to(DEVICE).requires_grad_() for s in shapes]
+
+
+def run(params, steps=8, seed=1, lr_sched=None, **options):
+    """Steps with fixed pseudo-random gradients (some exact zeros, a wide range of magnitudes)."""
+    g = torch.Generator().manual_seed(seed)
+    opt = nsf.NSF(params, **{"lr": 1e-2, **options})
+    sched = lr_sched(opt) if lr_sched else None
+    for _ in range(steps):
+        for q in params:
+            grad = torch.randn(q.shape, generator=g, dtype=q.dtype) * 10 ** torch.randint(-4, 1, q.shape, generator=g)
+            grad[torch.rand(q.shape, generator=g) < 0.1] = 0
+            q.grad = grad.to(DEVICE)
+        opt.step()
+        if sched:
+            sched.step()
+    return opt
+
+
+def assert_close_params(a, b, rtol=2e-5, atol=1e-6):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.fixture
+def eager_backend(monkeypatch):
+    """Run the fused kernels' code as plain Python: the same arithmetic, no compile (fast tests). Dynamo's
+    tracing of every kernel variant is checked by test_every_kernel_variant_traces_with_dynamo, and inductor
+    by the test_inductor_* tests."""
+    monkeypatch.setattr(_fused, "BACKEND", None)
+    monkeypatch.setattr(_fused, "_kernels", {})
+
+
+# --- exponent kinds and square-root chains ----------------------------------------------------------------
+
+def test_exponent_kinds():
+    assert [_fused.exponent_kind(p) for p in (0.25, 0.5, 0.75, 1.0)] == ["+0.25", "+0.5", "+0.75", "+1.0"]
+    assert [_fused.exponent_kind(p) for p in (-0.25, -1.0)] == ["-0.25", "-1.0"]
+    assert _fused.exponent_kind(0.0) == "zero" and _fused.exponent_kind(-0.0) == "zero"
+    for p in (0.3, -0.37, 0.2500001, 1.25, -2.0):
+        assert _fused.exponent_kind(p) == "pow" and not _fused.is_fast(p)
+
+
+@pytest.mark.parametrize("exponent", [0.25, 0.5, 0.75, 1.0])
+def test_foreach_square_root_chains_equal_pow(exponent):
+    x = torch.cat([torch.tensor([0.0, 1e-38, 1e-30, 1.0, 3.5e38, float("inf")]), torch.rand(1000) * 1e-3])
+    x = x.to(DEVICE)
+    got = nsf_module._foreach_power([x], exponent)[0]
+    want = x.double().pow(exponent).float()
+    torch.testing.assert_close(got, want, rtol=3e-7, atol=0)
+    assert got.data_ptr() != x.data_ptr()  # a new tensor: callers add to it in place
+
+
+@pytest.mark.parametrize("p", FAST_P + [-0.37])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_foreach_fast_paths_equal_reference(p, amsgrad):
+    a, b = make_params(), make_params()
+    run(a, p=p, amsgrad=amsgrad, weight_decay=0.01, foreach=False)
+    run(b, p=p, amsgrad=amsgrad, weight_decay=0.01, foreach=True)
+    assert_close_params(a, b)
+
+
+# --- the fused kernel ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", ["raw", "sgd", "adam"])
+@pytest.mark.parametrize("p", FAST_P + [-0.37, 0.3])
+def test_fused_kernel_equals_reference_every_exponent_kind(eager_backend, p, scale):
+    a, b = make_params(), make_params()
+    run(a, p=p, scale=scale, foreach=False)
+    run(b, p=p, scale=scale, fused=True)
+    assert_close_params(a, b)
+
+
+def test_kernel_variants_trace_with_dynamo(monkeypatch):
+    """fullgraph=True: the kernel variants trace as one graph each (backend "eager": no C++ compile). The
+    inductor tests below cover the general-p raw kernel and the ¼ raw and grafted ones."""
+    monkeypatch.setattr(_fused, "BACKEND", "eager")
+    monkeypatch.setattr(_fused, "_kernels", {})
+    for scale, values in (("raw", [0.75, -1.0, 0.0, -0.5]), ("adam", [-0.37, 0.0])):
+        a, b = make_params(), make_params()
+        schedule = lambda t, values=values: values[t]  # noqa: E731
+        options = dict(p=schedule, scale=scale, steps=len(values), amsgrad=True, maximize=True, weight_decay=0.01)
+        run(a, foreach=False, **options)
+        run(b, fused=True, **options)
+        assert_close_params(a, b)
+    assert len(_fused._kernels) == 4 + 2 + 1  # raw kinds, graft kinds, the graft's apply stage
+
+
+@pytest.mark.parametrize("scale", ["sgd", "adam"])
+def test_fused_graft_zero_gradient_tensor_takes_no_step(eager_backend, scale):
+    params = make_params()
+    before = params[1].detach().clone()
+    opt = nsf.NSF(params, lr=1e-2, p=-0.3, scale=scale, fused=True)
+    for q in params:
+        q.grad = torch.randn_like(q)
+    params[1].grad.zero_()
+    opt.step()
+    assert torch.equal(params[1].detach(), before)
+    assert all(torch.isfinite(q).all() for q in params)
+
+
+@pytest.mark.parametrize("scale", ["sgd", "adam"])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_fused_graft_overflowing_norms_fall_back_to_the_reference(eager_backend, scale, decoupled):
+    """Gradients near 1e19: v ≈ 1e38 and v̂^|p|·m̂ overflows float32; the grafted step is still the spec's."""
+    a, b = make_params(), make_params()
+    for params, kw in ((a, dict(foreach=False)), (b, dict(fused=True))):
+        opt = nsf.NSF(params, lr=1e-2, p=-1.0, scale=scale, weight_decay=0.1, decoupled_weight_decay=decoupled, **kw)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(3):
+            for q in params:
+                q.grad = (torch.randn(q.shape, generator=g) * 1e19).to(DEVICE)
+            opt.step()
+    assert all(torch.isfinite(q).all() for q in b)
+    assert_close_params(a, b, rtol=1e-4)  # steps of 1e17 that partly cancel: float32 rounding shows
+
+
+@pytest.mark.parametrize("options", [
+    dict(weight_decay=0.05),
+    dict(weight_decay=0.05, decoupled_weight_decay=True),
+    dict(amsgrad=True, maximize=True),
+    dict(betas=(0.5, 0.9), eps=1e-3),
+])
+@pytest.mark.parametrize("p,scale", [(0.5, "raw"), (-0.37, "raw"), (-0.37, "adam")])
+def test_fused_kernel_equals_reference_options(eager_backend, options, p, scale):
+    a, b = make_params(), make_params()
+    run(a, p=p, scale=scale, foreach=False, **options)
+    run(b, p=p, scale=scale, fused=True, **options)
+    assert_close_params(a, b)
+
+
+def test_fused_kernel_float64_is_tight(eager_backend):
+    a, b = make_params(dtype=torch.float64), make_params(dtype=torch.float64)
+    run(a, p=-0.37, foreach=False, weight_decay=0.01)
+    run(b, p=-0.37, fused=True, weight_decay=0.01)
+    assert_close_params(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_fused_cases_it_does_not_cover_take_the_other_paths(eager_backend):
+    z = [torch.randn(4, 3, dtype=torch.complex64).to(DEVICE).requires_grad_()]
+    z_ref = [z[0].detach().clone().requires_grad_()]
+    run(z, p=0.25, fused=True)
+    run(z_ref, p=0.25, foreach=True)
+    torch.testing.assert_close(z[0], z_ref[0], rtol=0, atol=0)
+    assert _fused._kernels == {}
+
+
+def test_fused_option_conflicts_raise():
+    q = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match="fused"):
+        nsf.NSF(q, fused=True, foreach=True)
+    with pytest.raises(ValueError, match="fused"):
+        nsf.NSF(q, fused=True, differentiable=True)
+    with pytest.raises(ValueError, match="fused"):
+        nsf.NSF(q, fused=True, capturable=True)
+    opt = nsf.NSF(q)
+    with pytest.raises(ValueError, match="fused"):
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "fused": True, "foreach": True})
+
+
+def test_auto_choice_is_by_size():
+    small = [torch.zeros(1000)]
+    big = [torch.zeros(nsf_module.AUTO_FUSED_MIN_NUMEL)]
+    use = nsf_module._use_fused
+    assert not use(small, None, None, False, False, "raw", False)
+    assert use(big, None, None, False, False, "raw", False) == _fused.available()
+    assert not use(big, None, True, False, False, "raw", False)  # an explicit foreach=True is obeyed
+    assert not use(big, False, None, False, False, "raw", False)
+    assert use(big, None, None, False, False, "adam", False) == _fused.available()
+    assert not use(big, True, None, False, False, "raw", True)  # complex
+    assert use(small, True, None, False, False, "raw", False) == _fused.available()
+
+
+def test_fused_state_dict_is_the_foreach_state_dict(eager_backend, tmp_path):
+    """Same state layout: a fused run resumes bit-for-bit-compatibly on the foreach path and back."""
+    a, b = make_params(), make_params()
+    opt_a = run(a, p=nsf.schedules.Cyclic(-0.3, 0.3, period=5), fused=True)
+    opt_b = run(b, p=nsf.schedules.Cyclic(-0.3, 0.3, period=5), foreach=True)
+    buf = io.BytesIO()
+    torch.save(opt_a.state_dict(), buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    assert loaded["param_groups"][0]["fused"] is True
+    for k in ("exp_avg", "exp_avg_sq", "step"):
+        assert_close_params([opt_a.state[q][k] for q in a], [opt_b.state[q][k] for q in b])
+
+
+def test_fused_fallback_when_compile_fails(monkeypatch):
+    """No compiler, unsupported platform...: warn once, take the foreach path, stay correct."""
+    class BackendCompilerFailed(RuntimeError):
+        pass
+
+    def broken_compile(fn, **kwargs):
+        def run_it(*args):
+            raise BackendCompilerFailed("no C++ compiler found")
+        return run_it
+
+    monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused, "_broken", [])
+    monkeypatch.setattr(_fused.torch, "compile", broken_compile)
+    a, b = make_params(), make_params()
+    with pytest.warns(RuntimeWarning, match="fused"):
+        run(a, p=-0.37, fused=True)
+    run(b, p=-0.37, foreach=True)
+    assert_close_params(a, b, rtol=0, atol=0)
+    assert not _fused.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        run(make_params(), p=-0.37, fused=True, steps=2)
+
+
+def test_fused_errors_that_are_not_compile_failures_propagate(monkeypatch):
+    def bad_compile(fn, **kwargs):
+        def run_it(*args):
+            raise KeyError("a bug")
+        return run_it
+
+    monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused, "_broken", [])
+    monkeypatch.setattr(_fused.torch, "compile", bad_compile)
+    with pytest.raises(KeyError):
+        run(make_params(), p=0.3, fused=True, steps=1)
+
+
+# --- the real compiled kernel (inductor): one exponent kind per test keeps compile time down --------------------
+
+INDUCTOR = _fused.available() and any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
+
+
+def _frames():
+    from torch._dynamo.utils import counters
+    return sum(counters["frames"].values()), counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.skipif(not INDUCTOR, reason="torch.compile or a C++ compiler unavailable")
+def test_inductor_fused_general_p_moving_p_and_lr_never_recompile(monkeypatch):
+    monkeypatch.setattr(_fused, "_kernels", {})
+    schedule = nsf.schedules.Cyclic(-0.45, -0.05, period=7, shape="triangle")  # never a fast value
+    a, b = make_params(), make_params()
+    ref = nsf.NSF(a, lr=1e-2, p=schedule, foreach=False, weight_decay=0.01)
+    opt = nsf.NSF(b, lr=1e-2, p=schedule, fused=True, weight_decay=0.01)
+    g = torch.Generator().manual_seed(5)
+    seen = set()
+    for step in range(15):
+        if step == 3:  # after warm-up: count from here
+            frames = _frames()
+            assert len(_fused._kernels) == 1
+        grads = [torch.randn(q.shape, generator=g).to(DEVICE) for q in a]
+        for qa, qb, grad in zip(a, b, grads):
+            qa.grad, qb.grad = grad.clone(), grad.clone()
+        ref.step()
+        opt.step()
+        for o in (ref, opt):  # an lr schedule
+            o.param_groups[0]["lr"] *= 0.9
+        seen.add(float(opt.param_groups[0]["p"]))
+    assert len(seen) >= 6
+    assert _frames() == frames, "a moving p or lr recompiled the fused step"
+    assert len(_fused._kernels) == 1
+    assert_close_params(a, b)
+
+
+@pytest.mark.skipif(not INDUCTOR, reason="torch.compile or a C++ compiler unavailable")
+@pytest.mark.parametrize("scale", ["raw", "adam"])
+def test_inductor_fused_fast_path_equals_reference(monkeypatch, scale):
+    monkeypatch.setattr(_fused, "_kernels", {})
+    a, b = make_params(), make_params()
+    run(a, p=0.25, scale=scale, foreach=False, weight_decay=0.01, amsgrad=True)
+    run(b, p=0.25, scale=scale, fused=True, weight_decay=0.01, amsgrad=True)
+    assert_close_params(a, b)
+
+
+# --- stepped cycles ---------------------------------------------------------------------------------------
+
+def test_cyclic_quantize_stays_on_fast_paths_and_serialises():
+    c = nsf.schedules.Cyclic(-0.5, 0.5, period=40, shape="cosine", quantize=0.25)
+    values = [c(t) for t in range(80)]
+    assert set(values) <= {-0.5, -0.25, 0.0, 0.25, 0.5}
+    assert set(values) == {-0.5, -0.25, 0.0, 0.25, 0.5}
+    assert all(_fused.is_fast(v) for v in values)
+    assert not any(str(v) == "-0.0" for v in values)
+    d = c.to_dict()
+    assert d["quantize"] == 0.25
+    assert [nsf.schedules.from_dict(d)(t) for t in range(80)] == values
+    plain = nsf.schedules.Cyclic(-0.5, 0.5, period=40)
+    assert "quantize" not in plain.to_dict()  # unchanged description when not used
+    for bad in (0, -0.25, float("nan")):
+        with pytest.raises(ValueError, match="quantize"):
+            nsf.schedules.Cyclic(-0.5, 0.5, period=40, quantize=bad)
+
+
+def test_quantised_schedule_in_optimizer_state_dict_loads_weights_only():
+    params = make_params()
+    opt = run(params, p=nsf.schedules.Cyclic(-0.5, 0.5, period=6, quantize=0.25), foreach=True, steps=4)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert sd["param_groups"][0]["p_schedule"]["quantize"] == 0.25
+    assert _fused.is_fast(float(opt.param_groups[0]["p"]))
