@@ -7,7 +7,9 @@ import importlib
 import sys
 
 SUBCOMMAND_MODULES = [
+    "nsf.bench.cli",
     "nsf.demo",
+    "nsf.spectral.cli",
 ]
 
 

@@ -1,0 +1,390 @@
+"""``nsf report DIR``: tables (markdown) and plots (PNG, matplotlib Agg) from a bench run directory."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .protocol import Planner, score, spec_dict, suite_from_dict
+from .runner import RunStore
+from .suites import LR_GRID, get_suite
+from .tasks import get_task
+
+BASELINE_LABELS = ("SGD-M", "Adam", "AdamW", "Padam")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Numbers
+
+def time_to_target(steps, acc, total_steps, target):
+    """First fraction ``step / total_steps`` at which ``acc`` (a mean curve on the eval grid) reaches ``target``.
+
+    Returns None when the target is never reached.
+    """
+    for s, a in zip(steps, acc):
+        if a is not None and not (isinstance(a, float) and math.isnan(a)) and a >= target - 1e-12:
+            return s / total_steps
+    return None
+
+
+def budget_to_target(final_acc_by_budget: dict, target):
+    """Smallest budget fraction whose final mean accuracy reaches ``target`` (None if none does)."""
+    for b in sorted(final_acc_by_budget):
+        if final_acc_by_budget[b] >= target - 1e-12:
+            return b
+    return None
+
+
+def _ms(xs, pct=True, digits=2):
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return "n/a"
+    k = 100.0 if pct else 1.0
+    m = float(np.mean(xs)) * k
+    s = float(np.std(xs, ddof=1)) * k if len(xs) > 1 else 0.0
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def _short(spec: dict) -> str:
+    d = dict(spec)
+    name = d.pop("name")
+    parts = []
+    for k in sorted(d):
+        v = d[k]
+        if isinstance(v, dict) and v.get("type") == "cyclic":
+            v = f"cyclic({v['low']:g},{v['high']:g},{v['period']},{v['shape']})"
+        parts.append(f"{k}={v}")
+    return name + (":" + ",".join(parts) if parts else "")
+
+
+def _mean_curve(planner, runs, key="acc"):
+    """Mean and std over seeds on the shared eval grid (runs that diverged are left out of the curve)."""
+    cs = []
+    for r in runs:
+        if r["final"].get("diverged"):
+            continue
+        c = planner.store.curves(r["run_id"])
+        cs.append(c)
+    if not cs:
+        return None
+    n = min(len(c["step"]) for c in cs)
+    arr = np.array([[np.nan if v is None else v for v in c[key][:n]] for c in cs], dtype=float)
+    return {"step": cs[0]["step"][:n], "epoch": cs[0]["epoch"][:n], "frac": cs[0]["frac"][:n],
+            "mean": np.nanmean(arr, 0), "std": np.nanstd(arr, 0), "n": len(cs)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-task analysis
+
+def analyse(planner: Planner) -> dict:
+    _, opts = planner.optimizers()
+    out = {"tasks": {}, "opts": opts or []}
+    for task in planner.suite.tasks:
+        t = get_task(task)
+        text = t.dataset == "shakespeare"
+        rows = {}
+        for label, spec in opts or []:
+            _, best, tried = planner.walk(task, spec)
+            runs = planner.final_runs(task, spec) if best is not None else []
+            rows[label] = {"spec": spec, "lr": None if best is None else LR_GRID[best], "tried": tried,
+                           "runs": runs}
+        present = {k: v for k, v in rows.items() if v["runs"]}
+        base = [k for k in present if k in BASELINE_LABELS]
+        best_base = min(base, key=lambda k: _mean([r["final"]["error"] for r in present[k]["runs"]])) if base else None
+        res = {"rows": rows, "best_baseline": best_base, "text": text}
+        if best_base and "NSF default" in present:
+            target = 1.0 - _mean([r["final"]["error"] for r in present[best_base]["runs"]])
+            nsf = present["NSF default"]
+            curve = _mean_curve(planner, nsf["runs"])
+            total = nsf["runs"][0]["final"]["steps"]
+            res["target"] = target
+            res["ttt_curve"] = time_to_target(curve["step"], curve["mean"], total, target) if curve else None
+            finals = {1.0: 1.0 - _mean([r["final"]["error"] for r in nsf["runs"]])}
+            budget_runs = {1.0: nsf["runs"]}
+            for b in planner.suite.budgets:
+                rb = planner.final_runs(task, nsf["spec"], b)
+                if rb:
+                    finals[b] = 1.0 - _mean([r["final"]["error"] for r in rb])
+                    budget_runs[b] = rb
+            res["budget_acc"] = finals
+            res["budget_runs"] = budget_runs
+            res["ttt_budget"] = budget_to_target(finals, target)
+            # same measure for the best baseline against its own final accuracy (sanity / reference)
+        out["tasks"][task] = res
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plots
+
+def _plots(planner: Planner, an: dict, outdir: Path) -> dict:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for task, res in an["tasks"].items():
+        labels = [k for k, v in res["rows"].items() if v["runs"]]
+        if not labels:
+            continue
+        cmap = plt.get_cmap("tab10")
+        colors = {k: cmap(i % 10) for i, k in enumerate(labels)}
+        styles = {k: ("-" if i < 10 else "--") for i, k in enumerate(labels)}
+        curves = {k: (_mean_curve(planner, res["rows"][k]["runs"], "acc"),
+                      _mean_curve(planner, res["rows"][k]["runs"], "loss")) for k in labels}
+        fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+        for k in labels:
+            ca, cl = curves[k]
+            if ca is None:
+                continue
+            lw = 2.4 if k in ("NSF default", res["best_baseline"]) else 1.0
+            for ax, c in ((axes[0], ca), (axes[1], cl)):
+                x = np.array(c["epoch"])
+                ax.plot(x, c["mean"], styles[k], color=colors[k], lw=lw, label=k)
+                ax.fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], color=colors[k], alpha=0.15)
+            axes[2].plot(cl["mean"], ca["mean"], "-o", ms=2, color=colors[k], lw=lw, label=k)
+        axes[0].set(xlabel="epoch", ylabel="test accuracy", title=f"{task}: accuracy (mean ± std over seeds)")
+        axes[1].set(xlabel="epoch", ylabel="test loss", title=f"{task}: loss")
+        axes[1].set_yscale("log")
+        axes[2].set(xlabel="test loss", ylabel="test accuracy", title="accuracy against loss (alignment)")
+        axes[2].set_xscale("log")
+        if "target" in res:
+            axes[0].axhline(res["target"], color="k", ls=":", lw=1)
+        axes[0].legend(fontsize=6, loc="lower right")
+        fig.tight_layout()
+        f = outdir / f"{task}_curves.png"
+        fig.savefig(f, dpi=90)
+        plt.close(fig)
+        files[task, "curves"] = f.name
+        if "budget_runs" in res:
+            fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+            full_steps = res["budget_runs"][1.0][0]["final"]["steps"]
+            for b, runs in sorted(res["budget_runs"].items()):
+                c = _mean_curve(planner, runs, "acc")
+                if c is None:
+                    continue
+                x = np.array(c["step"]) / full_steps
+                ax[0].plot(x, c["mean"], label=f"NSF default, budget {b:g}")
+                ax[0].fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.15)
+            cb = _mean_curve(planner, res["rows"][res["best_baseline"]]["runs"], "acc")
+            if cb is not None:
+                ax[0].plot(np.array(cb["step"]) / full_steps, cb["mean"], "k--", label=f"{res['best_baseline']} (full)")
+            ax[0].axhline(res["target"], color="k", ls=":", lw=1)
+            ax[0].set(xlabel="fraction of the baseline budget (optimizer steps)", ylabel="test accuracy",
+                      title=f"{task}: budget curves")
+            ax[0].legend(fontsize=7)
+            bs = sorted(res["budget_acc"])
+            ax[1].plot(bs, [res["budget_acc"][b] for b in bs], "o-", label="NSF default final acc")
+            ax[1].axhline(res["target"], color="k", ls=":", label="best baseline final acc (target)")
+            ax[1].set(xlabel="budget fraction", ylabel="final test accuracy (mean)", xticks=bs)
+            ax[1].legend(fontsize=7)
+            fig.tight_layout()
+            f = outdir / f"{task}_budget.png"
+            fig.savefig(f, dpi=90)
+            plt.close(fig)
+            files[task, "budget"] = f.name
+    return files
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Markdown
+
+def _fmt_frac(x):
+    return "not reached" if x is None else f"{x:.2f}"
+
+
+def render(planner: Planner, an: dict, files: dict, img_prefix: str = "", notes: str = "") -> str:
+    recs = list(planner.store.records().values())
+    L = []
+    s = planner.suite
+    L.append(f"# nsf bench report: suite `{s.name}`\n")
+    wall = sum(r.get("wall_s", 0.0) for r in recs)
+    vers = recs[0]["versions"] if recs else {}
+    devs = sorted({f"{r.get('device')} x{r.get('threads')} thread(s)" for r in recs})
+    n_div = sum(1 for r in recs if r["final"].get("diverged"))
+    L.append(f"- runs: {len(recs)} finished ({n_div} diverged, all kept); summed run wall time "
+             f"{wall / 60:.1f} min; device: {', '.join(devs) or 'n/a'}")
+    times = sorted(r["finished_at"] for r in recs if r.get("finished_at"))
+    if times:
+        import datetime as _dt
+        t0 = _dt.datetime.strptime(times[0], "%Y-%m-%dT%H:%M:%SZ")
+        t1 = _dt.datetime.strptime(times[-1], "%Y-%m-%dT%H:%M:%SZ")
+        first = min(recs, key=lambda r: r.get("finished_at", "~"))
+        el = (t1 - t0).total_seconds() + first.get("wall_s", 0.0)
+        L.append(f"- sweep elapsed (first run start to last run end, data loading included): {el / 60:.1f} min "
+                 f"({times[0]} → {times[-1]})")
+    L.append(f"- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
+    L.append(f"- protocol: LR of each optimizer tuned on the validation split (seed {s.tune_seed}, full budget, shared "
+             f"half-decade grid walked from a reference point, ≤ {s.max_walk} points); then seeds {s.seeds} at "
+             f"the chosen LR on the test set; NSF default also at budgets {s.budgets} (schedule compressed). "
+             f"Error = 1 − accuracy (next-character accuracy for text).\n")
+    if notes:
+        L.append(notes.rstrip() + "\n")
+    if s.search is not None:
+        L += _render_search(planner)
+    # overall table
+    L.append("## Overall: best baseline vs NSF default (test error %, mean ± std over seeds)\n")
+    L.append("| task | best baseline | its error | NSF default error | Δ (NSF − base) | time to target (curve) "
+             "| time to target (budget runs) |")
+    L.append("|---|---|---|---|---|---|---|")
+    for task, res in an["tasks"].items():
+        bb = res["best_baseline"]
+        nsf = res["rows"].get("NSF default", {}).get("runs", [])
+        if not bb or not nsf:
+            continue
+        be = [r["final"]["error"] for r in res["rows"][bb]["runs"]]
+        ne = [r["final"]["error"] for r in nsf]
+        L.append(f"| {task} | {bb} | {_ms(be)} | {_ms(ne)} | {100 * (_mean(ne) - _mean(be)):+.2f} | "
+                 f"{_fmt_frac(res.get('ttt_curve'))} | {_fmt_frac(res.get('ttt_budget'))} |")
+    L += _render_matrix(an)
+    L.append("\nTime to target: the fraction of the baseline budget (optimizer steps) at which NSF default's mean "
+             "test accuracy first reaches the best baseline's final mean test accuracy — *curve*: on the eval grid "
+             "of the full-budget NSF runs; *budget runs*: the smallest compressed budget (¼, ½, 1) whose final "
+             "mean accuracy reaches it.\n")
+    # per task
+    for task, res in an["tasks"].items():
+        t = get_task(task)
+        L.append(f"## {task}\n")
+        L.append(f"dataset `{t.dataset}`, model `{t.model}` {t.model_kw}, {t.epochs:g} epochs, batch {t.batch_size}, "
+                 f"LR: linear warm-up {t.warmup:.0%} then cosine to 0; val split {t.val_frac:.0%} of train.\n")
+        text = res["text"]
+        hdr = "| optimizer | spec | lr | seeds (div.) | test error % | test loss | best acc % | ECE |"
+        if text:
+            hdr = "| optimizer | spec | lr | seeds (div.) | test error % | test loss (nats/char) | perplexity | best acc % |"
+        L.append(hdr)
+        L.append("|" + "---|" * (hdr.count("|") - 1))
+        for label, row in res["rows"].items():
+            runs = row["runs"]
+            if not runs:
+                L.append(f"| {label} | `{_short(row['spec'])}` | {row['lr']} | 0 | (not run) | | | |")
+                continue
+            f = [r["final"] for r in runs]
+            nd = sum(1 for x in f if x.get("diverged"))
+            cols = [label + (" **(best baseline)**" if label == res["best_baseline"] else ""), f"`{_short(row['spec'])}`",
+                    f"{row['lr']:.3g}", f"{len(f)} ({nd})", _ms([x["error"] for x in f]),
+                    _ms([x["loss"] for x in f], pct=False, digits=4)]
+            if text:
+                cols += [_ms([x.get("ppl") for x in f], pct=False), _ms([x["best_acc"] for x in f])]
+            else:
+                cols += [_ms([x["best_acc"] for x in f]), _ms([x.get("ece") for x in f], pct=False, digits=3)]
+            L.append("| " + " | ".join(cols) + " |")
+        L.append("")
+        if "budget_acc" in res:
+            L.append("NSF default at compressed budgets (final test accuracy %, mean ± std): " + "; ".join(
+                f"{b:g} → {_ms([1 - r['final']['error'] for r in res['budget_runs'][b]])}"
+                for b in sorted(res["budget_runs"])) + f". Target (best baseline final): {100 * res['target']:.2f} %.\n")
+        L.append("<details><summary>LR tuning (validation error % per grid LR; † diverged)</summary>\n")
+        for label, row in res["rows"].items():
+            items = []
+            for lr, r in row["tried"].items():
+                sc = score(r, text)
+                items.append(f"{lr:.3g}: " + ("†" if sc[0] else f"{100 * r['final']['error']:.2f}"))
+            L.append(f"- {label}: " + ", ".join(items) + (f" → **{row['lr']:.3g}**" if row["lr"] else ""))
+        L.append("\n</details>\n")
+        for kind in ("curves", "budget"):
+            if (task, kind) in files:
+                L.append(f"![{task} {kind}]({img_prefix}{files[task, kind]})\n")
+    return "\n".join(L) + "\n"
+
+
+def _render_matrix(an: dict) -> list[str]:
+    """All optimizers x tasks (mean test error %), and the raw vs grafted comparison."""
+    labels = []
+    for k, _ in an["opts"]:  # the suite's order
+        if k not in labels and any(res["rows"].get(k, {}).get("runs") for res in an["tasks"].values()):
+            labels.append(k)
+    tasks = list(an["tasks"])
+    L = ["", "### All optimizers: test error % (mean ± std over seeds)", "",
+         "| optimizer | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for k in labels:
+        cells = []
+        for t in tasks:
+            row = an["tasks"][t]["rows"].get(k)
+            cells.append(_ms([r["final"]["error"] for r in row["runs"]]) if row and row["runs"] else "")
+        L.append(f"| {k} | " + " | ".join(cells) + " |")
+    graft = [k for k in ("NSF cyclic raw", "NSF cyclic sgd", "NSF cyclic adam") if k in labels]
+    if len(graft) > 1:
+        L += ["", "### Raw vs grafted (same p schedule, each with its own tuned LR): test error % and test loss", "",
+              "| task | " + " | ".join(graft) + " |", "|---|" + "---|" * len(graft)]
+        for t in tasks:
+            cells = []
+            for k in graft:
+                row = an["tasks"][t]["rows"].get(k)
+                if row and row["runs"]:
+                    f = [r["final"] for r in row["runs"]]
+                    cells.append(f"{_ms([x['error'] for x in f])} / {_ms([x['loss'] for x in f], pct=False, digits=3)}"
+                                 f" (lr {row['lr']:.3g})")
+                else:
+                    cells.append("")
+            L.append(f"| {t} | " + " | ".join(cells) + " |")
+    return L
+
+
+def _render_search(planner: Planner) -> list[str]:
+    todo, win, det = planner.search()
+    L = ["## Choice of the NSF default (declared search on validation splits)\n"]
+    if win is None:
+        L.append("(search not finished)\n")
+        return L
+    s = planner.suite.search
+    L.append(f"Tasks: {', '.join(s.tasks)} (validation split carved from train; test never used). Each candidate's "
+             f"LR is tuned by the same grid walk; score = mean over tasks of the best validation error (tie: "
+             f"validation loss). Stage A: p range × scale mode at period 250 steps, cosine; stage B: stage-A "
+             f"winner × period {s.periods} × shape {s.shapes}. One seed ({planner.suite.tune_seed}).\n")
+    for stage in ("stage_a", "stage_b"):
+        L.append(f"**{stage.replace('_', ' ').title()}**\n")
+        L.append("| candidate | mean val error % | mean val loss | " + " | ".join(f"{t} (lr, val err %)" for t in s.tasks) + " |")
+        L.append("|---|---|---|" + "---|" * len(s.tasks))
+        for err, loss, spec, per in sorted(det[stage], key=lambda r: (r[0], r[1])):
+            cells = [f"{lr:.3g}, {100 * sc[1]:.2f}" if sc[0] == 0 else f"{lr:.3g}, †" for _, lr, sc in per]
+            mark = " **(winner)**" if spec == det["winner"] else ""
+            L.append(f"| `{_short(spec)}`{mark} | {100 * err:.2f} | {loss:.4f} | " + " | ".join(cells) + " |")
+        L.append("")
+    L.append(f"**Winner: `{_short(win)}`** — used as \"NSF default\" in every table below.\n")
+    return L
+
+
+def write_report(run_dir, results_md=None, plots_dir=None, plot_prefix: str = "", notes=None) -> Path:
+    """Write DIR/report.md, DIR/plots/*.png, DIR/summary.json; optionally also ``results_md`` with its plots
+    copied to ``plots_dir`` (default: ``results_plots/`` beside it) under ``plot_prefix + name``."""
+    run_dir = Path(run_dir)
+    store = RunStore(run_dir)
+    sfile = run_dir / "suite.json"
+    suite = suite_from_dict(json.loads(sfile.read_text())) if sfile.exists() else get_suite("quick")
+    planner = Planner(suite, store)
+    an = analyse(planner)
+    files = _plots(planner, an, run_dir / "plots")
+    md = render(planner, an, files, img_prefix="plots/")
+    path = run_dir / "report.md"
+    path.write_text(md)
+    (run_dir / "summary.json").write_text(json.dumps(_summary(an), indent=1))
+    if results_md:
+        results_md = Path(results_md)
+        img_dir = Path(plots_dir) if plots_dir else results_md.parent / "results_plots"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        for f in set(files.values()):
+            shutil.copy(run_dir / "plots" / f, img_dir / (plot_prefix + f))
+        rel = os.path.relpath(img_dir, results_md.parent)
+        text = Path(notes).read_text() if notes else ""
+        results_md.write_text(render(planner, an, files, img_prefix=rel + "/" + plot_prefix, notes=text))
+    return path
+
+
+def _summary(an: dict) -> dict:
+    out = {}
+    for task, res in an["tasks"].items():
+        out[task] = {"best_baseline": res["best_baseline"], "ttt_curve": res.get("ttt_curve"),
+                     "ttt_budget": res.get("ttt_budget"), "target": res.get("target"),
+                     "errors": {k: [r["final"]["error"] for r in v["runs"]] for k, v in res["rows"].items()},
+                     "lr": {k: v["lr"] for k, v in res["rows"].items()}}
+    return out

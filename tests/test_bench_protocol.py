@@ -1,0 +1,114 @@
+"""Run identity, the append-only store, eval grid, LR walk and time-to-target (nsf.bench)."""
+import json
+import math
+
+import pytest
+
+from nsf.bench import report as R
+from nsf.bench.protocol import Planner
+from nsf.bench.runner import RunStore, execute, make_config, run_id
+from nsf.bench.suites import LR_GRID, Suite, _snap
+from nsf.bench.tasks import TASKS, eval_steps, lr_lambda
+
+
+def test_run_id_is_stable_and_sensitive():
+    a = make_config("digits-mlp-tiny", "adam", 1e-3, 0)
+    assert run_id(a) == run_id(make_config("digits-mlp-tiny", {"name": "adam"}, 1e-3, 0))
+    assert run_id(a) != run_id(make_config("digits-mlp-tiny", "adam", 1e-3, 1))
+    assert run_id(a) != run_id(make_config("digits-mlp-tiny", "adam", 1e-3, 0, split="val"))
+    assert run_id(a) != run_id(make_config("digits-mlp-tiny", "nsf-fixed:p=-0.25", 1e-3, 0))
+    # the lr in a spec is not part of the identity: the tuned lr field is
+    assert run_id(make_config("digits-mlp-tiny", "adam:lr=0.5", 1e-3, 0)) == run_id(a)
+
+
+def test_store_ignores_torn_line_and_keeps_appending(tmp_path):
+    s = RunStore(tmp_path)
+    s.add({"run_id": "a", "final": {}}, {"step": [1]})
+    with open(tmp_path / "runs.jsonl", "ab") as f:
+        f.write(b'{"run_id": "b", "fin')  # kill -9 in the middle of a write
+    s2 = RunStore(tmp_path)
+    assert set(s2.records()) == {"a"}
+    s2.add({"run_id": "c", "final": {}}, {"step": [2]})
+    assert set(RunStore(tmp_path).records()) == {"a", "c"}
+    assert json.loads((tmp_path / "curves" / "c.json").read_text()) == {"step": [2]}
+
+
+def test_eval_grid_dense_early_and_ends_at_last_step():
+    t = TASKS["mnist1d-mlp"]
+    spe = 28
+    total = t.total_steps(spe * t.batch_size)
+    pts = eval_steps(t, spe, total)
+    assert pts[-1] == total and pts == sorted(set(pts))
+    first_epoch = [p for p in pts if p <= spe]
+    later = [p for p in pts if 5 * spe < p <= 6 * spe]
+    assert len(first_epoch) == t.early_evals_per_epoch and len(later) == t.evals_per_epoch
+    # a compressed budget keeps the same grid in fractions of its run
+    half = eval_steps(t, spe, total // 2, budget=0.5)
+    assert half[-1] == total // 2 and len(half) == len(pts)
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    f = lr_lambda(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    vals = [f(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(vals, vals[1:])) and vals[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_execute_records_curves_and_detects_divergence():
+    cfg = make_config("digits-mlp-tiny", "adam", 3e-3, 0, split="val")
+    final, curves = execute(cfg)
+    assert not final["diverged"] and 0.0 <= final["error"] <= 1.0
+    assert curves["step"][-1] == final["steps"] and len(curves["acc"]) == len(curves["loss"])
+    assert curves["acc"][-1] == pytest.approx(1 - final["error"])
+    again, _ = execute(cfg)
+    assert again["loss"] == pytest.approx(final["loss"], rel=1e-6)  # same seed, same result
+    bad, _ = execute(make_config("digits-mlp-tiny", "sgd", 1e6, 0, split="val"))
+    assert bad["diverged"] and math.isnan(bad["loss"])
+
+
+def _fake(store, task, spec, lr, err, seed=100, split="val", diverged=False):
+    cfg = make_config(task, spec, lr, seed, 1.0, split)
+    store.add({"run_id": run_id(cfg), "config": cfg,
+               "final": {"error": err, "loss": err, "diverged": diverged, "steps": 10}}, {"step": [10]})
+
+
+def test_lr_walk_extends_toward_better_side_until_interior(tmp_path):
+    store = RunStore(tmp_path)
+    suite = Suite("t", ["digits-mlp-tiny"], [("Adam", "adam")], default=None, ablations=False, max_walk=8)
+    pl = Planner(suite, store)
+    todo, best, _ = pl.walk("digits-mlp-tiny", "adam")
+    start = _snap(1e-3)  # adam's registry lr is the reference point
+    assert best is None and sorted(c["lr"] for c in todo) == [LR_GRID[start - 1], LR_GRID[start], LR_GRID[start + 1]]
+    assert all(c["split"] == "val" for c in todo)
+    # error decreases with lr: the walk must go up one grid point at a time
+    err = lambda i: 0.5 - 0.05 * i if i <= start + 3 else 0.5
+    for i in (start - 1, start, start + 1):
+        _fake(store, "digits-mlp-tiny", "adam", LR_GRID[i], err(i))
+    for k in range(2, 5):
+        todo, best, _ = Planner(suite, store).walk("digits-mlp-tiny", "adam")
+        assert best is None and [c["lr"] for c in todo] == [LR_GRID[start + k]]
+        _fake(store, "digits-mlp-tiny", "adam", LR_GRID[start + k], err(start + k))
+    todo, best, tried = Planner(suite, store).walk("digits-mlp-tiny", "adam")
+    assert todo == [] and best == start + 3 and len(tried) == 6
+
+
+def test_lr_walk_treats_divergence_as_worst(tmp_path):
+    store = RunStore(tmp_path)
+    suite = Suite("t", ["digits-mlp-tiny"], [("SGD-M", "sgd")], default=None, ablations=False)
+    s = _snap(0.05)
+    _fake(store, "digits-mlp-tiny", "sgd", LR_GRID[s - 1], 0.3)
+    _fake(store, "digits-mlp-tiny", "sgd", LR_GRID[s], 0.2)
+    _fake(store, "digits-mlp-tiny", "sgd", LR_GRID[s + 1], float("nan"), diverged=True)
+    todo, best, tried = Planner(suite, store).walk("digits-mlp-tiny", "sgd")
+    assert todo == [] and best == s and len(tried) == 3  # diverged run kept in the tuning record
+
+
+def test_time_to_target_on_synthetic_curves():
+    steps = [10, 20, 30, 40, 50, 100]
+    acc = [0.1, 0.5, 0.79, 0.81, 0.85, 0.9]
+    assert R.time_to_target(steps, acc, 100, 0.8) == pytest.approx(0.4)
+    assert R.time_to_target(steps, acc, 100, 0.9) == pytest.approx(1.0)
+    assert R.time_to_target(steps, acc, 100, 0.95) is None
+    assert R.time_to_target(steps, [float("nan")] + acc[1:], 100, 0.05) == pytest.approx(0.2)
+    assert R.budget_to_target({0.25: 0.7, 0.5: 0.82, 1.0: 0.85}, 0.8) == 0.5
+    assert R.budget_to_target({0.25: 0.7, 0.5: 0.72, 1.0: 0.75}, 0.8) is None
