@@ -1,0 +1,90 @@
+"""``nsf spectrum <instrument> [--quick] --out DIR``: the spectral instruments from the command line."""
+from __future__ import annotations
+
+import importlib
+import time
+
+INSTRUMENTS = {
+    "response": "the optimizer as a filter: cross-coordinate gain and single-tone transfer (SPEC §4.1)",
+    "fprinciple": "1-D regression: per-frequency error, time to learn, matched-loss comparison (SPEC §4.2)",
+    "filtering": "Xu et al.'s filtering method on real data: e_low, e_high, SB (SPEC §4.2)",
+    "alignment": "early decision-boundary alignment: test accuracy against test loss (SPEC §4.3)",
+}
+
+
+def _seeds(text: str) -> list[int]:
+    """'5' -> [0..4]; '0,3,7' -> [0, 3, 7]."""
+    text = text.strip()
+    if "," in text or "-" in text[1:]:
+        return [int(s) for s in text.split(",") if s.strip()]
+    return list(range(int(text)))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("spectrum", help="spectral instruments (response, fprinciple, filtering, alignment)",
+                              description="Spectral instruments. Each writes JSON + PNG into --out and prints "
+                                          "a summary.")
+    sub = p.add_subparsers(dest="instrument", required=True)
+    for name, help_text in INSTRUMENTS.items():
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.add_argument("--quick", action="store_true", help="small settings for CI (well under a minute)")
+        q.add_argument("--out", required=True, help="output folder for JSON and PNG files")
+        q.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        q.add_argument("--optimizers", nargs="+", default=None, metavar="SPEC",
+                       help="registry specs, e.g. adam 'nsf-fixed:p=-0.25' (default: the instrument's list)")
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        q.add_argument("--replot", action="store_true",
+                       help="redraw the figures and reprint the summary from an existing DIR/<instrument>.json")
+        if name != "response":
+            q.add_argument("--seeds", type=_seeds, default=None, help="'5' for seeds 0..4, or '0,1,2'")
+            q.add_argument("--lr-grid", type=lambda s: [float(v) for v in s.split(",")], default=None,
+                           help="comma-separated common LR grid (default: instrument's)")
+        if name in ("filtering", "alignment"):
+            q.add_argument("--datasets", nargs="+", default=None,
+                           help="mnist1d digits fashion-mnist (default: all available; quick: digits)")
+        if name == "fprinciple":
+            q.add_argument("--steps", type=int, default=None, help="training steps per run")
+        if name == "response":
+            q.add_argument("--noise", type=float, nargs="+", default=None, help="noise levels σ/d")
+        q.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ._common import set_threads
+
+    set_threads(args.threads)
+    mod = importlib.import_module(f"nsf.spectral.{args.instrument}")
+    if args.replot:
+        import json
+        import os
+
+        with open(os.path.join(args.out, f"{args.instrument}.json")) as fh:
+            data = json.load(fh)
+        if hasattr(mod, "reanalyse"):
+            data = mod.reanalyse(data)
+            from ._common import write_json
+
+            write_json(os.path.join(args.out, f"{args.instrument}.json"), data)
+        mod.plot(data, args.out)
+        print(mod.format_summary(data))
+        return 0
+    kw = dict(quick=args.quick, out_dir=args.out, progress=not args.no_progress)
+    if args.optimizers:
+        kw["optimizers"] = args.optimizers
+    if args.instrument == "response":
+        if args.noise is not None:
+            kw["noises"] = args.noise
+    else:
+        if args.seeds is not None:
+            kw["seeds"] = args.seeds
+        if args.lr_grid is not None:
+            kw["lr_grid"] = args.lr_grid
+    if getattr(args, "datasets", None):
+        kw["datasets"] = args.datasets
+    if getattr(args, "steps", None):
+        kw["steps"] = args.steps
+    t0 = time.time()
+    data = mod.run(**kw)
+    print(mod.format_summary(data))
+    print(f"[{args.instrument}] wrote {args.out} in {time.time() - t0:.1f}s")
+    return 0
