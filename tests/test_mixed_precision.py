@@ -30,8 +30,8 @@ def test_bf16_float32_state_kernel_traces_with_dynamo(monkeypatch):
     monkeypatch.setattr(_fused, "BACKEND", "eager")
     a = [torch.randn(6, 5).bfloat16().requires_grad_()]
     b = [a[0].detach().clone().requires_grad_()]
-    opts = [nsf.NSF(a, p=-0.37, foreach=True, state_dtype=torch.float32),
-            nsf.NSF(b, p=-0.37, fused=True, state_dtype=torch.float32)]
+    opts = [nsf.NSF(a, scale="raw", p=-0.37, foreach=True, state_dtype=torch.float32),
+            nsf.NSF(b, scale="raw", p=-0.37, fused=True, state_dtype=torch.float32)]
     for k in range(3):
         grad = torch.randn(6, 5, generator=torch.Generator().manual_seed(k)).bfloat16()
         a[0].grad, b[0].grad = grad, grad.clone()
@@ -59,9 +59,9 @@ def test_bf16_params_float32_state_equal_float32_reference_within_bf16_rounding(
     torch.manual_seed(0)
     params = [torch.randn(s).bfloat16().requires_grad_() for s in SHAPES]
     ref_params = [q.detach().float().requires_grad_() for q in params]
-    opt = nsf.NSF(params, lr=1e-2, p=p, weight_decay=weight_decay, decoupled_weight_decay=decoupled,
+    opt = nsf.NSF(params, lr=1e-2, scale="raw", p=p, weight_decay=weight_decay, decoupled_weight_decay=decoupled,
                   state_dtype=torch.float32, **path)
-    ref = nsf.NSF(ref_params, lr=1e-2, p=p, weight_decay=weight_decay, decoupled_weight_decay=decoupled,
+    ref = nsf.NSF(ref_params, lr=1e-2, scale="raw", p=p, weight_decay=weight_decay, decoupled_weight_decay=decoupled,
                   foreach=False)
     for grads in grads_for(SHAPES, 6):
         for q, r, grad in zip(params, ref_params, grads):
@@ -86,8 +86,8 @@ def test_float32_state_keeps_small_second_moments_that_bf16_state_rounds():
     w16 = torch.zeros(1000, dtype=torch.bfloat16, requires_grad=True)
     w32 = torch.zeros(1000, dtype=torch.bfloat16, requires_grad=True)
     ref = torch.zeros(1000, requires_grad=True)
-    opts = [nsf.NSF([w16], p=0.5, foreach=True), nsf.NSF([w32], p=0.5, foreach=True, state_dtype="float32"),
-            nsf.NSF([ref], p=0.5, foreach=True)]
+    opts = [nsf.NSF([w16], scale="raw", p=0.5, foreach=True), nsf.NSF([w32], p=0.5, foreach=True, state_dtype="float32"),
+            nsf.NSF([ref], scale="raw", p=0.5, foreach=True)]
     for _ in range(300):
         grad = torch.randn(1000)
         w16.grad, w32.grad, ref.grad = grad.bfloat16(), grad.bfloat16(), grad.bfloat16().float()
@@ -139,8 +139,8 @@ def _batch(seed):
 def test_autocast_training_matches_float32_closely(dtype):
     """float32 parameters, autocast forward: NSF steps on the float32 gradients as usual."""
     m_amp, m_ref = _model(), _model()
-    o_amp = nsf.NSF(m_amp.parameters(), lr=3e-3, p=-0.25)
-    o_ref = nsf.NSF(m_ref.parameters(), lr=3e-3, p=-0.25)
+    o_amp = nsf.NSF(m_amp.parameters(), lr=3e-3, scale="raw", p=-0.25)
+    o_ref = nsf.NSF(m_ref.parameters(), lr=3e-3, scale="raw", p=-0.25)
     for k in range(10):
         x, y = _batch(k)
         for m, o, amp in ((m_amp, o_amp, True), (m_ref, o_ref, False)):
@@ -156,8 +156,8 @@ def test_autocast_training_matches_float32_closely(dtype):
 
 def test_fp16_grad_scaler_skips_overflowing_steps_and_matches_unscaled():
     m_s, m_ref = _model(), _model()
-    o_s = nsf.NSF(m_s.parameters(), lr=3e-3, p=nsf.schedules.Cyclic(-0.3, 0.3, period=4))
-    o_ref = nsf.NSF(m_ref.parameters(), lr=3e-3, p=nsf.schedules.Cyclic(-0.3, 0.3, period=4))
+    o_s = nsf.NSF(m_s.parameters(), lr=3e-3, scale="raw", p=nsf.schedules.Cyclic(-0.3, 0.3, period=4))
+    o_ref = nsf.NSF(m_ref.parameters(), lr=3e-3, scale="raw", p=nsf.schedules.Cyclic(-0.3, 0.3, period=4))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     for k in range(6):
         x, y = _batch(k)

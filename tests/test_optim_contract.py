@@ -134,13 +134,13 @@ def test_state_dict_resume_is_bit_exact(tmp_path, options):
 def test_state_dict_resume_sequence_schedule(tmp_path):
     schedule = Sequence([(4, Constant(0.5)), (6, Anneal(0.5, -0.2, steps=6)), (1, Cyclic(0.0, 0.3, period=3))])
     ref_model, model = _model(), _model()
-    ref_opt = NSF(ref_model.parameters(), lr=1e-2, p=schedule)
-    opt = NSF(model.parameters(), lr=1e-2, p=schedule)
+    ref_opt = NSF(ref_model.parameters(), lr=1e-2, scale="raw", p=schedule)
+    opt = NSF(model.parameters(), lr=1e-2, scale="raw", p=schedule)
     for k in range(6):
         _train_step(ref_model, ref_opt, k)
         _train_step(model, opt, k)
     torch.save(opt.state_dict(), tmp_path / "o.pt")
-    opt = NSF(model.parameters(), lr=1e-2, p=0.5)
+    opt = NSF(model.parameters(), lr=1e-2, scale="raw", p=0.5)
     opt.load_state_dict(torch.load(tmp_path / "o.pt", weights_only=True))
     for k in range(6, 16):
         _train_step(ref_model, ref_opt, k)
@@ -152,10 +152,10 @@ def test_state_dict_resume_sequence_schedule(tmp_path):
 def test_load_state_dict_copies_p_tensor():
     """Loading must not alias the source dict's p tensor (else stepping one optimizer moves the other's p)."""
     model = _model()
-    opt = NSF(model.parameters(), p=Cyclic(0.0, 0.5, period=4))
+    opt = NSF(model.parameters(), scale="raw", p=Cyclic(0.0, 0.5, period=4))
     _train_step(model, opt, 0)
     sd = opt.state_dict()
-    other = NSF(model.parameters(), p=0.3)
+    other = NSF(model.parameters(), scale="raw", p=0.3)
     other.load_state_dict(sd)
     assert other.param_groups[0]["p"] is not opt.param_groups[0]["p"]
     before = opt.param_groups[0]["p"].clone()
@@ -170,7 +170,7 @@ def test_load_state_dict_copies_p_tensor():
 @pytest.mark.parametrize("foreach", [False, True])
 def test_deepcopy_steps_identically(foreach):
     model = _model()
-    opt = NSF(model.parameters(), lr=1e-2, p=Cyclic(-0.2, 0.5, period=5), amsgrad=True, foreach=foreach)
+    opt = NSF(model.parameters(), lr=1e-2, scale="raw", p=Cyclic(-0.2, 0.5, period=5), amsgrad=True, foreach=foreach)
     for k in range(4):
         _train_step(model, opt, k)
     bundle = copy.deepcopy({"model": model, "opt": opt})
@@ -201,7 +201,7 @@ def _p_fn(step: int) -> float:  # module level: a plain callable schedule that d
 
 def test_deepcopy_keeps_plain_callable_schedule():
     model = _model()
-    opt = NSF(model.parameters(), lr=1e-2, p=_p_fn)
+    opt = NSF(model.parameters(), lr=1e-2, scale="raw", p=_p_fn)
     _train_step(model, opt, 0)
     bundle = copy.deepcopy({"model": model, "opt": opt})
     for k in range(1, 5):
@@ -260,7 +260,7 @@ def test_old_checkpoint_loads_with_documented_defaults(tmp_path, old_p):
 
 def test_old_checkpoint_without_state_starts_clock_at_zero():
     model = _model()
-    opt = NSF(model.parameters(), lr=1e-2, p=0.25)
+    opt = NSF(model.parameters(), lr=1e-2, scale="raw", p=0.25)
     sd = opt.state_dict()
     groups = [{k: v for k, v in g.items() if k not in NEW_KEYS} for g in sd["param_groups"]]
     fresh = NSF(model.parameters())
@@ -277,9 +277,9 @@ def test_old_checkpoint_without_state_starts_clock_at_zero():
 @pytest.mark.parametrize("foreach", [False, True])
 def test_plain_callable_schedule(tmp_path, foreach):
     model, ref_model = _model(), _model()
-    opt = NSF(model.parameters(), lr=1e-2, p=lambda step: _p_fn(step), foreach=foreach)
+    opt = NSF(model.parameters(), lr=1e-2, scale="raw", p=lambda step: _p_fn(step), foreach=foreach)
     # reference: a fixed-p optimizer whose p is set by hand to f(completed steps) before each update
-    ref = NSF(ref_model.parameters(), lr=1e-2, p=0.0, foreach=foreach)
+    ref = NSF(ref_model.parameters(), lr=1e-2, scale="raw", p=0.0, foreach=foreach)
     for k in range(6):
         ref.param_groups[0]["p"].fill_(_p_fn(k))
         _train_step(ref_model, ref, k)
@@ -298,7 +298,7 @@ def test_plain_callable_schedule(tmp_path, foreach):
     loaded = torch.load(tmp_path / "o.pt", weights_only=True)
 
     # the rebuilt optimizer is given the callable again; the clock comes from the state dict
-    fresh = NSF(model.parameters(), lr=1e-2, p=_p_fn, foreach=foreach)
+    fresh = NSF(model.parameters(), lr=1e-2, scale="raw", p=_p_fn, foreach=foreach)
     fresh.load_state_dict(loaded)
     assert fresh.param_groups[0]["step"] == 6
     for k in range(6, 9):
@@ -313,7 +313,7 @@ def test_plain_callable_schedule(tmp_path, foreach):
 def test_plain_callable_returning_nan_raises():
     w = nn.Parameter(torch.ones(3))
     with pytest.raises(ValueError, match="p"):
-        NSF([w], p=lambda step: float("nan"))
+        NSF([w], scale="raw", p=lambda step: float("nan"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -323,8 +323,8 @@ def test_plain_callable_returning_nan_raises():
 @pytest.mark.parametrize("foreach", [False, True])
 def test_closure_returns_loss_and_matches_plain_step(foreach):
     m1, m2 = _model(), _model()
-    o1 = NSF(m1.parameters(), lr=1e-2, p=Cyclic(-0.2, 0.4, period=3), foreach=foreach)
-    o2 = NSF(m2.parameters(), lr=1e-2, p=Cyclic(-0.2, 0.4, period=3), foreach=foreach)
+    o1 = NSF(m1.parameters(), lr=1e-2, scale="raw", p=Cyclic(-0.2, 0.4, period=3), foreach=foreach)
+    o2 = NSF(m2.parameters(), lr=1e-2, scale="raw", p=Cyclic(-0.2, 0.4, period=3), foreach=foreach)
     for k in range(4):
         calls = []
 
@@ -394,7 +394,7 @@ def test_param_groups_equal_separate_optimizers(foreach):
 
 def test_step_hooks_called_once_in_order():
     model = _model()
-    opt = NSF(model.parameters(), lr=1e-2, p=0.25)
+    opt = NSF(model.parameters(), lr=1e-2, scale="raw", p=0.25)
     w = next(model.parameters())
     events = []
 
@@ -423,7 +423,7 @@ def test_step_hooks_called_once_in_order():
 
 def test_state_dict_hooks():
     model = _model()
-    opt = NSF(model.parameters(), lr=1e-2, p=Cyclic(0.0, 0.5, period=4))
+    opt = NSF(model.parameters(), lr=1e-2, scale="raw", p=Cyclic(0.0, 0.5, period=4))
     _train_step(model, opt, 0)
     calls = []
     opt.register_state_dict_pre_hook(lambda o: calls.append("sd-pre"))
@@ -437,7 +437,7 @@ def test_state_dict_hooks():
     sd = opt.state_dict()
     assert calls == ["sd-pre", "sd-post"] and sd["extra"] == 1
 
-    fresh = NSF(model.parameters(), p=0.1)
+    fresh = NSF(model.parameters(), scale="raw", p=0.1)
 
     def load_pre(o, state_dict):
         calls.append("load-pre")
@@ -519,7 +519,7 @@ def test_add_param_group_bad_option_raises():
 
 def test_add_param_group_rejected_group_is_not_kept():
     w = nn.Parameter(torch.ones(2))
-    opt = NSF([w], lr=0.1, p=0.25)
+    opt = NSF([w], lr=0.1, scale="raw", p=0.25)
     bad = nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match="lr"):
         opt.add_param_group({"params": [bad], "lr": -1.0})
@@ -559,7 +559,7 @@ def test_per_group_foreach_with_differentiable_raises():
     x = torch.randn(3, dtype=F64, requires_grad=True)
     w = torch.ones(3, dtype=F64)
     with pytest.raises((ValueError, RuntimeError)):
-        opt = NSF([{"params": [w], "foreach": True}], differentiable=True, p=0.3)
+        opt = NSF([{"params": [w], "foreach": True}], differentiable=True, scale="raw", p=0.3)
         w.grad = x * 2
         opt.step()
 
@@ -603,8 +603,8 @@ def _compile_pair(p, lr=1e-2):
     torch._dynamo.reset()
     counter = CompileCounter()
     m_eager, m_comp = _model(seed=4), _model(seed=4)
-    o_eager = NSF(m_eager.parameters(), lr=lr, p=p, foreach=False)
-    o_comp = NSF(m_comp.parameters(), lr=lr, p=p, foreach=False)
+    o_eager = NSF(m_eager.parameters(), lr=lr, scale="raw", p=p, foreach=False)
+    o_comp = NSF(m_comp.parameters(), lr=lr, scale="raw", p=p, foreach=False)
 
     @torch.compile(backend=counter)
     def compiled_step():
@@ -681,7 +681,7 @@ def test_differentiable_step_gradcheck(p, scale):
 def test_non_differentiable_step_builds_no_graph():
     x = torch.tensor([0.4, -0.8], dtype=F64, requires_grad=True)
     w = nn.Parameter(torch.ones(2, dtype=F64))
-    opt = NSF([w], p=0.3, foreach=False)
+    opt = NSF([w], scale="raw", p=0.3, foreach=False)
     w.grad = (x * 2).detach()
     opt.step()
     assert w.grad_fn is None and w.is_leaf
@@ -693,7 +693,7 @@ def test_non_differentiable_step_builds_no_graph():
 
 def _opt_for_sched(p=Cyclic(0.0, 0.5, period=5), **kw):
     w = nn.Parameter(torch.linspace(-1, 1, 6, dtype=F64))
-    return w, NSF([w], lr=0.1, p=p, **kw)
+    return w, NSF([w], lr=0.1, scale="raw", p=p, **kw)
 
 
 def _grad_step(w, opt, k):
@@ -763,7 +763,7 @@ def test_hyperparam_scheduler_drives_beta1_and_chains():
 
 def test_hyperparam_scheduler_per_group_schedules():
     a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
-    opt = NSF([{"params": [a]}, {"params": [b]}], lr=0.1, p=0.25)
+    opt = NSF([{"params": [a]}, {"params": [b]}], lr=0.1, scale="raw", p=0.25)
     sched = HyperparamScheduler(opt, "lr", [Constant(0.1), Anneal(0.2, 0.0, steps=2)])
     sched.step()
     assert sched.get_last_value() == pytest.approx([0.1, 0.1])
@@ -782,7 +782,7 @@ def test_hyperparam_scheduler_state_dict_round_trip(tmp_path):
     ckpt = torch.load(tmp_path / "s.pt", weights_only=True)
 
     w2 = nn.Parameter(w.detach().clone())
-    opt2 = NSF([w2], lr=0.1, p=0.0)
+    opt2 = NSF([w2], lr=0.1, scale="raw", p=0.0)
     opt2.load_state_dict(ckpt["opt"])
     sched2 = HyperparamScheduler(opt2, "p", Constant(0.0))  # a different schedule: it must come from the dict
     sched2.load_state_dict(ckpt["sched"])
@@ -857,7 +857,7 @@ def test_group_without_grads_takes_no_step_and_its_clock_stands(foreach):
 
 def test_params_without_grads_inside_a_group_are_untouched():
     a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
-    opt = NSF([a, b], lr=0.1, p=0.25)
+    opt = NSF([a, b], lr=0.1, scale="raw", p=0.25)
     a.grad = torch.full((3,), 0.5)
     opt.step()
     assert torch.equal(b, torch.ones(2)) and len(opt.state[b]) == 0

@@ -265,8 +265,8 @@ def test_inductor_fused_general_p_moving_p_and_lr_never_recompile(monkeypatch):
     monkeypatch.setattr(_fused, "_kernels", {})
     schedule = nsf.schedules.Cyclic(-0.45, -0.05, period=7, shape="triangle")  # never a fast value
     a, b = make_params(), make_params()
-    ref = nsf.NSF(a, lr=1e-2, p=schedule, foreach=False, weight_decay=0.01)
-    opt = nsf.NSF(b, lr=1e-2, p=schedule, fused=True, weight_decay=0.01)
+    ref = nsf.NSF(a, lr=1e-2, scale="raw", p=schedule, foreach=False, weight_decay=0.01)
+    opt = nsf.NSF(b, lr=1e-2, scale="raw", p=schedule, fused=True, weight_decay=0.01)
     g = torch.Generator().manual_seed(5)
     seen = set()
     for step in range(15):

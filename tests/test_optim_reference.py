@@ -31,7 +31,7 @@ def test_half_equals_adam_and_adamw(foreach, amsgrad, maximize, decoupled):
     ref_model, model = make_model(), make_model()
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     ref = cls(ref_model.parameters(), lr=3e-3, weight_decay=0.05, amsgrad=amsgrad, maximize=maximize, foreach=False)
-    opt = nsf.NSF(model.parameters(), lr=3e-3, weight_decay=0.05, p=0.5, amsgrad=amsgrad, maximize=maximize,
+    opt = nsf.NSF(model.parameters(), lr=3e-3, weight_decay=0.05, scale="raw", p=0.5, amsgrad=amsgrad, maximize=maximize,
                   decoupled_weight_decay=decoupled, foreach=foreach)
     train(ref_model, ref, 60)
     train(model, opt, 60)
@@ -68,12 +68,12 @@ def test_p_zero_is_sgd_with_ema_momentum(foreach, scale):
 
 
 def test_p_zero_matches_torch_sgd_after_warmup_at_scaled_lr():
-    """The documented mapping: NSF(p=0, lr=η) ≈ SGD(momentum=β1, lr=η(1−β1)) once bias correction has faded."""
+    """The documented mapping: NSF(scale="raw", p=0, lr=η) ≈ SGD(momentum=β1, lr=η(1−β1)) once bias correction has faded."""
     torch.manual_seed(0)
     g = torch.randn(200, 10, dtype=torch.float64)
     a = torch.zeros(10, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(10, dtype=torch.float64, requires_grad=True)
-    opt_a = nsf.NSF([a], lr=0.1, p=0.0, betas=(0.9, 0.999))
+    opt_a = nsf.NSF([a], lr=0.1, scale="raw", p=0.0, betas=(0.9, 0.999))
     opt_b = torch.optim.SGD([b], lr=0.1 * (1 - 0.9), momentum=0.9, dampening=0.0)
     steps_a, steps_b = [], []
     for t in range(200):
@@ -116,7 +116,7 @@ def test_fixed_p_with_amsgrad_is_padam(foreach, p):
         return [q.grad for q in ref_model.parameters()]
 
     padam_reference(list(ref_model.parameters()), grads_fn, lr=0.02, p=p, betas=(0.9, 0.999), eps=1e-8, steps=50)
-    train(model, nsf.NSF(model.parameters(), lr=0.02, p=p, amsgrad=True, foreach=foreach), 50)
+    train(model, nsf.NSF(model.parameters(), lr=0.02, scale="raw", p=p, amsgrad=True, foreach=foreach), 50)
     assert_same_params(model, ref_model)
 
 
@@ -171,7 +171,7 @@ def test_first_step_raw_closed_form(foreach, p):
     g = torch.tensor([1e-3, -2e-2, 0.5, -3.0, 7.0], dtype=torch.float64)
     theta = torch.zeros(5, dtype=torch.float64, requires_grad=True)
     theta.grad = g.clone()
-    nsf.NSF([theta], lr=0.1, p=p, eps=1e-8, foreach=foreach).step()
+    nsf.NSF([theta], lr=0.1, scale="raw", p=p, eps=1e-8, foreach=foreach).step()
     if p > 0:
         expected = -0.1 * g / (g.abs() ** (2 * p) + 1e-8)
     else:
@@ -305,7 +305,7 @@ def test_bf16_params_use_float32_math(foreach, p):
     """The bf16 update equals the float32 computation on the same bf16 state, rounded once to bf16."""
     torch.manual_seed(0)
     theta = torch.randn(64, dtype=torch.bfloat16, requires_grad=True)
-    opt = nsf.NSF([theta], lr=1e-2, p=p, foreach=foreach)
+    opt = nsf.NSF([theta], lr=1e-2, scale="raw", p=p, foreach=foreach)
     for _ in range(3):
         theta.grad = (torch.randn(64) * 1e-3).to(torch.bfloat16)
         before = theta.detach().clone()
@@ -346,7 +346,8 @@ def test_property_paths_agree_and_stay_finite(shape, p, log_scale, scale, amsgra
             opt.step()
         assert torch.isfinite(theta).all()
         results.append(theta.detach())
-    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=0)
+    # the foreach path takes exp(|p|·log v) for general p: a few float64 ulps from pow, compounded over steps
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=0)
     # and both equal SPEC §2 written out independently
     theta = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
     spec = SpecNSF([theta], lr=1e-3, p=p, scale=scale, amsgrad=amsgrad)
@@ -374,7 +375,7 @@ def test_property_grafted_step_has_reference_length(p, scale, seed):
 def test_loss_falls_for_fixed_p(p):
     model = make_model(dtype=torch.float32)
     lr = {-0.5: 1.0, -0.25: 0.3, 0.0: 0.1, 0.25: 0.01, 0.5: 3e-3}[p]  # raw steps scale like |g|^(1-2p)
-    losses = train(model, nsf.NSF(model.parameters(), lr=lr, p=p), 200)
+    losses = train(model, nsf.NSF(model.parameters(), lr=lr, scale="raw", p=p), 200)
     assert losses[-1] < 0.5 * losses[0], losses[::40]
 
 
