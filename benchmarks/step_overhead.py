@@ -25,7 +25,7 @@ import nsf
 
 CYCLIC = nsf.schedules.Cyclic(-0.25, 0.25, period=10, shape="cosine")  # short period: p changes every step
 STEPPED = nsf.schedules.Cyclic(-0.25, 0.25, period=10, shape="cosine", quantize=0.25)  # on the fast paths
-P_VALUES = [("½", 0.5), ("¼", 0.25), ("−¼", -0.25), ("−0.37", -0.37), ("cyclic default", "default"),
+P_VALUES = [("½", 0.5), ("¼", 0.25), ("−¼", -0.25), ("−0.37", -0.37), ("default (sgd-graft cycle)", "default"),
             ("cyclic ±¼", CYCLIC), ("stepped ±¼", STEPPED)]
 BYTES_PER_ELEMENT = 7 * 4
 
@@ -42,8 +42,11 @@ def make_params(n_params: float, seed: int = 0, device: str = "cpu") -> list[tor
 
 
 def _nsf(p, **kw):
+    """Fixed p and the explicit cycles take the raw scale; "default" is NSF() as shipped (sgd-grafted cycle)."""
     def make(params, lr):
-        return nsf.NSF(params, lr=lr, **kw) if p == "default" else nsf.NSF(params, lr=lr, p=p, **kw)
+        if p == "default":
+            return nsf.NSF(params, lr=lr, **kw)
+        return nsf.NSF(params, lr=lr, p=p, **{"scale": "raw", **kw})
     return make
 
 
@@ -144,9 +147,9 @@ def e2e(args) -> dict:
     optims = {
         "Adam (torch default)": lambda ps: torch.optim.Adam(ps, lr=1e-3),
         "Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
-        "NSF default (cyclic, auto path)": lambda ps: nsf.NSF(ps, lr=1e-3),
-        "NSF p=−0.37": lambda ps: nsf.NSF(ps, lr=1e-3, p=-0.37),
-        "NSF stepped ±¼": lambda ps: nsf.NSF(ps, lr=1e-3, p=STEPPED),
+        "NSF default (sgd-graft cycle, auto path)": lambda ps: nsf.NSF(ps, lr=1e-3),
+        "NSF p=−0.37 raw": lambda ps: nsf.NSF(ps, lr=1e-3, p=-0.37, scale="raw"),
+        "NSF stepped ±¼ raw": lambda ps: nsf.NSF(ps, lr=1e-3, p=STEPPED, scale="raw"),
         "NSF default, scale=adam": lambda ps: nsf.NSF(ps, lr=1e-3, scale="adam"),
     }
     runs = {}
