@@ -6,4 +6,3 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 nsf bench --suite quick --out "${1:-runs/quick}" --threads "${NSF_THREADS:-2}" --report
-echo "report: ${1:-runs/quick}/report.md"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 from .runner import RunStore, make_config, run_id
 from .suites import LR_GRID, Search, Suite, _snap, get_suite, ref_lr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .protocol import Planner, score, spec_dict, suite_from_dict
+from .protocol import Planner, score, suite_from_dict
 from .runner import RunStore
 from .suites import LR_GRID, get_suite
 from .tasks import get_task
@@ -223,7 +223,7 @@ def render(planner: Planner, an: dict, files: dict, img_prefix: str = "", notes:
         el = (t1 - t0).total_seconds() + first.get("wall_s", 0.0)
         L.append(f"- sweep elapsed (first run start to last run end, data loading included): {el / 60:.1f} min "
                  f"({times[0]} → {times[-1]})")
-    L.append(f"- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
+    L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     L.append(f"- protocol: LR of each optimizer tuned on the validation split (seed {s.tune_seed}, full budget, shared "
              f"half-decade grid walked from a reference point, ≤ {s.max_walk} points); then seeds {s.seeds} at "
              f"the chosen LR on the test set; NSF default also at budgets {s.budgets} (schedule compressed). "

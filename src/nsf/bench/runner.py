@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from functools import lru_cache
 from pathlib import Path

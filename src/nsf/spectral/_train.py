@@ -22,6 +22,44 @@ QUICK_BUDGET = {"steps": 120, "batch": 64}
 FASHION_SUBSET = (4000, 2000)  # train, test examples used from Fashion-MNIST
 
 
+def default_classifier_optimizers(period: int) -> list[str]:
+    """The optimizers the classification instruments (filtering, alignment) compare by default."""
+    cyc = f"cyclic(-0.25,0.25,{int(period)},cosine)"
+    return ["sgd", "adam", "nsf-fixed:p=-0.25", "nsf-fixed:p=0", "nsf-fixed:p=0.25",
+            f"nsf-cyclic:p={cyc}", f"nsf-cyclic-adam:p={cyc}"]
+
+
+def classification_sweep(quick: bool, datasets, seeds, lr_grid, optimizers):
+    """Shared set-up of the classification instruments: the defaults for datasets, seeds and the LR grid, then
+    per loadable dataset ``(name, data, steps, batch, cyclic period, optimizer specs)``; missing datasets land in ``skipped``."""
+    from nsf.bench.data import DatasetMissing
+
+    from ._common import log_grid
+
+    if quick:
+        datasets, seeds, lr_grid = datasets or ["digits"], seeds or [0, 1], lr_grid or [1e-3, 1e-2, 1e-1]
+    else:
+        datasets = datasets or ["mnist1d", "digits", "fashion-mnist"]
+        seeds, lr_grid = seeds or range(5), lr_grid or log_grid(1e-4, 100.0, 2)
+    skipped: dict[str, str] = {}
+
+    def each():
+        for name in datasets:
+            try:
+                data = load_classification(name)
+            except (DatasetMissing, FileNotFoundError, ImportError) as e:
+                skipped[name] = str(e)
+                continue
+            budget = QUICK_BUDGET if quick else BUDGETS[name]
+            period = max(10, budget["steps"] // 4)
+            opts = list(optimizers or default_classifier_optimizers(period))
+            if quick and optimizers is None:
+                opts = [opts[0], opts[1], opts[-1]]
+            yield name, data, budget["steps"], budget["batch"], period, opts
+
+    return list(datasets), list(seeds), list(lr_grid), each(), skipped
+
+
 def load_classification(name: str, val_frac: float = 0.1, split_seed: int = 0, subset: tuple | None = None):
     """Flattened, standardised (train statistics) tensors: x_tr, y_tr, x_val, y_val, x_te, y_te.
     The validation split is carved from the training set; tuning never sees the test set."""

@@ -24,8 +24,8 @@ import torch
 from torch.nn import functional as F
 
 from . import plots
-from ._common import OptimizerSpec, first_index_below, log_grid, mean_ci, spec_label, write_json
-from ._train import BUDGETS, QUICK_BUDGET, load_classification, loss_levels, train_classifier, tune_classifier_lr
+from ._common import OptimizerSpec, first_index_below, mean_ci, spec_label, write_json
+from ._train import classification_sweep, loss_levels, train_classifier, tune_classifier_lr
 
 
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> dict:
@@ -124,42 +124,17 @@ def accuracy_at_loss(history: dict, levels: Sequence[float]) -> dict:
     return out
 
 
-def default_optimizers(period: int) -> list[str]:
-    cyc = f"cyclic(-0.25,0.25,{int(period)},cosine)"
-    return ["sgd", "adam", "nsf-fixed:p=-0.25", "nsf-fixed:p=0", "nsf-fixed:p=0.25",
-            f"nsf-cyclic:p={cyc}", f"nsf-cyclic-adam:p={cyc}"]
-
 
 def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = False, out_dir: str | None = None,
         datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
         lr_grid: Sequence[float] | None = None, tune_seed: int = 1000, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
-    from nsf.bench.data import DatasetMissing
-
-    if quick:
-        datasets = list(datasets or ["digits"])
-        seeds = list(seeds or [0, 1])
-        lr_grid = list(lr_grid or [1e-3, 1e-2, 1e-1])
-    else:
-        datasets = list(datasets or ["mnist1d", "digits", "fashion-mnist"])
-        seeds = list(seeds or range(5))
-        lr_grid = list(lr_grid or log_grid(1e-4, 100.0, 2))
+    datasets, seeds, lr_grid, sweep, skipped = classification_sweep(quick, datasets, seeds, lr_grid, optimizers)
     cache = f"{out_dir}/lr_tuning_cache.json" if out_dir else None
     t0 = time.time()
-    results, skipped = {}, {}
-    for name in datasets:
-        try:
-            data = load_classification(name)
-        except (DatasetMissing, FileNotFoundError, ImportError) as e:
-            skipped[name] = str(e)
-            continue
-        budget = QUICK_BUDGET if quick else BUDGETS[name]
-        steps, batch = budget["steps"], budget["batch"]
+    results = {}
+    for name, data, steps, batch, period, opts in sweep:
         spe = int(math.ceil(len(data["y_tr"]) / batch))
-        period = max(10, steps // 4)
-        opts = list(optimizers or default_optimizers(period))
-        if quick and optimizers is None:
-            opts = [opts[0], opts[1], opts[-1]]
         bar = tqdm(total=len(opts) * (len(lr_grid) + len(seeds)), desc=f"alignment/{name}", disable=not progress)
         per_opt = {}
         for spec in opts:
