@@ -40,6 +40,18 @@ def test_half_equals_adam_and_adamw(foreach, amsgrad, maximize, decoupled):
 
 # --- p = 0 is SGD with EMA momentum; Padam --------------------------------------------------------------
 
+def gradients_of(model):
+    """A function returning the model's loss gradients at its current parameters (for the hand-written refs)."""
+    x, y = make_data()
+
+    def grads_fn():
+        model.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        return [q.grad for q in model.parameters()]
+
+    return grads_fn
+
+
 def sgd_ema(params, grads_fn, lr, beta1, steps):
     """Bias-corrected EMA momentum, written independently: θ -= lr · m_t / (1 − β1^t)."""
     m = [torch.zeros_like(q) for q in params]
@@ -54,14 +66,8 @@ def sgd_ema(params, grads_fn, lr, beta1, steps):
 @pytest.mark.parametrize("foreach", FOREACH)
 @pytest.mark.parametrize("scale", ["raw", "sgd"])
 def test_p_zero_is_sgd_with_ema_momentum(foreach, scale):
-    x, y = make_data()
     ref_model, model = make_model(), make_model()
-
-    def grads_fn():
-        ref_model.zero_grad()
-        torch.nn.functional.mse_loss(ref_model(x), y).backward()
-        return [q.grad for q in ref_model.parameters()]
-
+    grads_fn = gradients_of(ref_model)
     sgd_ema(list(ref_model.parameters()), grads_fn, lr=0.05, beta1=0.9, steps=50)
     train(model, nsf.NSF(model.parameters(), lr=0.05, p=0.0, scale=scale, foreach=foreach), 50)
     assert_same_params(model, ref_model)
@@ -107,14 +113,8 @@ def padam_reference(params, grads_fn, lr, p, betas, eps, steps):
 @pytest.mark.parametrize("foreach", FOREACH)
 @pytest.mark.parametrize("p", [0.125, 0.25, 0.5])
 def test_fixed_p_with_amsgrad_is_padam(foreach, p):
-    x, y = make_data()
     ref_model, model = make_model(), make_model()
-
-    def grads_fn():
-        ref_model.zero_grad()
-        torch.nn.functional.mse_loss(ref_model(x), y).backward()
-        return [q.grad for q in ref_model.parameters()]
-
+    grads_fn = gradients_of(ref_model)
     padam_reference(list(ref_model.parameters()), grads_fn, lr=0.02, p=p, betas=(0.9, 0.999), eps=1e-8, steps=50)
     train(model, nsf.NSF(model.parameters(), lr=0.02, scale="raw", p=p, amsgrad=True, foreach=foreach), 50)
     assert_same_params(model, ref_model)
