@@ -637,14 +637,17 @@ def _multi_tensor_nsf(
 
         if p_value > 0:
             d = torch._foreach_div(m, denom)
-        elif p_value < 0:
+        elif p_value < 0 and v_pow is v:  # p = −1 reads the state itself
             d = torch._foreach_mul(m, v_pow)
+        elif p_value < 0:
+            torch._foreach_mul_(v_pow, m)  # in place: fresh allocations of large tensors cost page faults
+            d = v_pow
         else:
             d = m  # not modified in place below: it may be the optimizer state itself
         if scale == "raw":
-            d = torch._foreach_mul(d, factors)
+            d = torch._foreach_mul(d, factors) if p_value == 0 else (torch._foreach_mul_(d, factors), d)[1]
         else:
-            d = _foreach_graft(d, m, v, bc1, bc2, p, eps, scale)
+            d = _foreach_graft(d, m, v, bc1, bc2, p, eps, scale, owned=p_value != 0)
         if cdtype != dtype:
             d = [t.to(dtype) for t in d]
         if isinstance(lr, Tensor):
@@ -653,10 +656,16 @@ def _multi_tensor_nsf(
             torch._foreach_add_(d_params, d, alpha=-lr)
 
 
-def _foreach_graft(d, m, v, bc1, bc2, p, eps, scale) -> list[Tensor]:
+def _foreach_graft(d, m, v, bc1, bc2, p, eps, scale, owned: bool = False) -> list[Tensor]:
     """Grafted steps: d (any positive per-tensor multiple of the true direction) rescaled to the reference's
     length. Plain norms when they are finite and non-zero; tensors whose norms over- or underflow are
-    recomputed with the overflow-safe reference."""
+    recomputed with the overflow-safe reference. ``owned``: d is scratch and may be rescaled in place."""
+    def rescale(d, ratios):
+        if owned:
+            torch._foreach_mul_(d, ratios)
+            return list(d)
+        return list(torch._foreach_mul(d, ratios))
+
     if scale == "sgd":
         reference = m
         ref_factors = [1 / a for a in bc1]
@@ -664,7 +673,8 @@ def _foreach_graft(d, m, v, bc1, bc2, p, eps, scale) -> list[Tensor]:
         reference = torch._foreach_sqrt(v)
         torch._foreach_div_(reference, [b**0.5 for b in bc2])
         torch._foreach_add_(reference, eps)
-        reference = torch._foreach_div(m, reference)
+        torch._foreach_reciprocal_(reference)  # then × m, in place: no second large allocation
+        torch._foreach_mul_(reference, m)
         ref_factors = [1 / a for a in bc1]
     d_norms = torch._foreach_norm(d)
     r_norms = torch._foreach_norm(reference)
@@ -676,13 +686,12 @@ def _foreach_graft(d, m, v, bc1, bc2, p, eps, scale) -> list[Tensor]:
         n = len(d)
         good = [math.isfinite(norms[i]) and math.isfinite(norms[n + i]) and norms[i] > 0 and norms[n + i] > 0
                 for i in range(n)]
-        d = list(torch._foreach_mul(d, [norms[n + i] * ref_factors[i] / norms[i] if good[i] else 0.0
-                                         for i in range(n)]))
+        d = rescale(d, [norms[n + i] * ref_factors[i] / norms[i] if good[i] else 0.0 for i in range(n)])
         if all(good):
             return d
     else:
         ratios = [rn * f / dn for rn, dn, f in zip(r_norms, d_norms, ref_factors)]
-        d = list(torch._foreach_mul(d, ratios))
+        d = rescale(d, ratios)
         norms_t = torch.stack([*d_norms, *r_norms])
         if bool(torch.isfinite(norms_t).all() and (norms_t > 0).all()):
             return d
