@@ -48,7 +48,10 @@ def test_dict_and_string_forms_agree_and_are_json():
     assert a == b == json.loads(json.dumps(a))
     c = parse_spec({"name": "nsf", "p": nsf.schedules.Anneal(0.5, 0, 100)})
     assert c["p"] == {"type": "anneal", "start": 0.5, "end": 0.0, "steps": 100, "shape": "linear"}
-    assert spec_to_str("nsf-cyclic:p=cyclic(-0.25,0.25,500,cosine)") == "nsf-cyclic:p=cyclic(-0.25,0.25,500,cosine,0.0)"
+    assert spec_to_str("nsf-cyclic:p=cyclic(-0.25,0.25,500,cosine)") == "nsf-cyclic:p=cyclic(-0.25,0.25,500,cosine)"
+    for spec in ["adam", "nsf-cyclic-adam:p=cyclic(-0.2,0.3,50,square,0.25,quantize=0.25),lr=0.003",
+                 {"name": "nsf", "p": nsf.schedules.Anneal(0.5, 0.0, 100, "cosine"), "betas": (0.8, 0.99)}]:
+        assert parse_spec(spec_to_str(spec)) == parse_spec(spec)  # the short form reads back
 
 
 def test_unknown_name_lists_valid_ones():

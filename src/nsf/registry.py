@@ -119,20 +119,25 @@ def parse_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
     return {"name": name, **_canonical(options)}
 
 
+def _schedule_str(d: dict[str, Any]) -> str:
+    """``cyclic(-0.25,0.25,1000,cosine)``: the call ``parse_spec`` reads back (a zero phase is left out)."""
+    names = _SCHEDULE_ARGS.get(d["type"])
+    if names is None:  # a sequence has no string form: keep its description
+        return str(d)
+    rest = {k: v for k, v in d.items() if k != "type" and not (k == "phase" and v == 0)}
+    def text(v: Any) -> str:  # shortest exact form: 0.0 -> 0, 0.25 -> 0.25
+        return repr(v)[:-2] if isinstance(v, float) and repr(v).endswith(".0") else str(v)
+
+    args = [text(rest.pop(k)) for k in names if k in rest] + [f"{k}={text(v)}" for k, v in rest.items()]
+    return f"{d['type']}({','.join(args)})"
+
+
 def spec_to_str(spec: str | dict[str, Any]) -> str:
-    """Short, stable, human-readable form of a spec (for labels and file names)."""
+    """Short, stable, human-readable form of a spec (labels, reports); ``parse_spec`` reads it back."""
     d = parse_spec(spec)
     name = d.pop("name")
-    if not d:
-        return name
-    items = []
-    for key in sorted(d):
-        val = d[key]
-        if isinstance(val, dict) and "type" in val:
-            args = ",".join(str(v) for k, v in val.items() if k != "type")
-            val = f"{val['type']}({args})"
-        items.append(f"{key}={val}")
-    return f"{name}:" + ",".join(items)
+    items = [f"{k}={_schedule_str(v) if isinstance(v, dict) and 'type' in v else v}" for k, v in sorted(d.items())]
+    return name + (":" + ",".join(items) if items else "")
 
 
 def create_optimizer(spec: str | dict[str, Any], params, **overrides: Any) -> torch.optim.Optimizer:

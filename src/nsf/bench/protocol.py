@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 
+from nsf.registry import parse_spec
+
 from .runner import RunStore, make_config, run_id
 from .suites import LR_GRID, Search, Suite, _snap, get_suite, ref_lr
 from .tasks import get_task
@@ -26,13 +28,8 @@ def score(rec: dict | None, text: bool = False) -> tuple:
     return (0, loss, err) if text else (0, err, loss)
 
 
-def spec_dict(spec) -> dict:
-    from nsf.registry import parse_spec
-    return parse_spec(spec)
-
-
 def spec_key(spec) -> str:
-    return json.dumps(spec_dict(spec), sort_keys=True)
+    return json.dumps(parse_spec(spec), sort_keys=True)
 
 
 def suite_to_dict(s: Suite) -> dict:
@@ -63,7 +60,7 @@ class Planner:
     # -- LR walk -------------------------------------------------------------------------------------------
     def walk(self, task: str, spec) -> tuple[list[dict], int | None, dict]:
         """(configs still needed, chosen grid index or None while unfinished, {lr: record})."""
-        spec = spec_dict(spec)
+        spec = parse_spec(spec)
         text = self._is_text(task)
         cfg = lambda i: make_config(task, spec, LR_GRID[i], self.suite.tune_seed, 1.0, "val")
         start = _snap(ref_lr(spec))
@@ -135,14 +132,14 @@ class Planner:
         if self.suite.search is not None:
             todo, win, _ = self.search()
             return todo, win
-        return [], spec_dict(self.suite.default)
+        return [], parse_spec(self.suite.default)
 
     def optimizers(self) -> tuple[list[dict], list[tuple[str, dict]] | None]:
         """(todo, [(label, spec)]) -- the list is None until the default is known."""
         todo, default = self.default_spec()
         if default is None:
             return todo, None
-        opts = [(label, spec_dict(s)) for label, s in self.suite.baselines]
+        opts = [(label, parse_spec(s)) for label, s in self.suite.baselines]
         opts.append(("NSF default", default))
         p = default.get("p")
         if self.suite.ablations and isinstance(p, dict) and p.get("type") == "cyclic":
@@ -153,7 +150,7 @@ class Planner:
                                                                  "p": v}))
             for sc in ("raw", "sgd", "adam"):
                 opts.append((f"NSF cyclic {sc}", {**default, "scale": sc}))
-        opts += [(label, spec_dict(s)) for label, s in self.suite.extra]
+        opts += [(label, parse_spec(s)) for label, s in self.suite.extra]
         return [], opts
 
     # -- whole plan ----------------------------------------------------------------------------------------

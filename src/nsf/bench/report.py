@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nsf.registry import spec_to_str
+
 from .protocol import Planner, score, suite_from_dict
 from .runner import RunStore
 from .suites import LR_GRID, get_suite
@@ -52,18 +54,6 @@ def _ms(xs, pct=True, digits=2):
 def _mean(xs):
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     return float(np.mean(xs)) if xs else float("nan")
-
-
-def _short(spec: dict) -> str:
-    d = dict(spec)
-    name = d.pop("name")
-    parts = []
-    for k in sorted(d):
-        v = d[k]
-        if isinstance(v, dict) and v.get("type") == "cyclic":
-            v = f"cyclic({v['low']:g},{v['high']:g},{v['period']},{v['shape']})"
-        parts.append(f"{k}={v}")
-    return name + (":" + ",".join(parts) if parts else "")
 
 
 def _mean_curve(planner, runs, key="acc"):
@@ -126,6 +116,16 @@ def analyse(planner: Planner) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Plots
 
+def _save(fig, path: Path) -> str:
+    """Write a figure and free it; returns the file name (reports link files relative to themselves)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
 def _plots(planner: Planner, an: dict, outdir: Path) -> dict:
     import matplotlib
     matplotlib.use("Agg")
@@ -161,11 +161,7 @@ def _plots(planner: Planner, an: dict, outdir: Path) -> dict:
         if "target" in res:
             axes[0].axhline(res["target"], color="k", ls=":", lw=1)
         axes[0].legend(fontsize=6, loc="lower right")
-        fig.tight_layout()
-        f = outdir / f"{task}_curves.png"
-        fig.savefig(f, dpi=90)
-        plt.close(fig)
-        files[task, "curves"] = f.name
+        files[task, "curves"] = _save(fig, outdir / f"{task}_curves.png")
         if "budget_runs" in res:
             fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
             full_steps = res["budget_runs"][1.0][0]["final"]["steps"]
@@ -188,11 +184,7 @@ def _plots(planner: Planner, an: dict, outdir: Path) -> dict:
             ax[1].axhline(res["target"], color="k", ls=":", label="best baseline final acc (target)")
             ax[1].set(xlabel="budget fraction", ylabel="final test accuracy (mean)", xticks=bs)
             ax[1].legend(fontsize=7)
-            fig.tight_layout()
-            f = outdir / f"{task}_budget.png"
-            fig.savefig(f, dpi=90)
-            plt.close(fig)
-            files[task, "budget"] = f.name
+            files[task, "budget"] = _save(fig, outdir / f"{task}_budget.png")
     return files
 
 
@@ -266,11 +258,11 @@ def render(planner: Planner, an: dict, files: dict, img_prefix: str = "", notes:
         for label, row in res["rows"].items():
             runs = row["runs"]
             if not runs:
-                L.append(f"| {label} | `{_short(row['spec'])}` | {row['lr']} | 0 | (not run) | | | |")
+                L.append(f"| {label} | `{spec_to_str(row['spec'])}` | {row['lr']} | 0 | (not run) | | | |")
                 continue
             f = [r["final"] for r in runs]
             nd = sum(1 for x in f if x.get("diverged"))
-            cols = [label + (" **(best baseline)**" if label == res["best_baseline"] else ""), f"`{_short(row['spec'])}`",
+            cols = [label + (" **(best baseline)**" if label == res["best_baseline"] else ""), f"`{spec_to_str(row['spec'])}`",
                     f"{row['lr']:.3g}", f"{len(f)} ({nd})", _ms([x["error"] for x in f]),
                     _ms([x["loss"] for x in f], pct=False, digits=4)]
             if text:
@@ -348,9 +340,9 @@ def _render_search(planner: Planner) -> list[str]:
         for err, loss, spec, per in sorted(det[stage], key=lambda r: (r[0], r[1])):
             cells = [f"{lr:.3g}, {100 * sc[1]:.2f}" if sc[0] == 0 else f"{lr:.3g}, †" for _, lr, sc in per]
             mark = " **(winner)**" if spec == det["winner"] else ""
-            L.append(f"| `{_short(spec)}`{mark} | {100 * err:.2f} | {loss:.4f} | " + " | ".join(cells) + " |")
+            L.append(f"| `{spec_to_str(spec)}`{mark} | {100 * err:.2f} | {loss:.4f} | " + " | ".join(cells) + " |")
         L.append("")
-    L.append(f"**Winner: `{_short(win)}`** — used as \"NSF default\" in every table below.\n")
+    L.append(f"**Winner: `{spec_to_str(win)}`** — used as \"NSF default\" in every table below.\n")
     return L
 
 

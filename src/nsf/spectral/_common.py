@@ -31,8 +31,8 @@ def spec_label(spec: OptimizerSpec) -> str:
     if isinstance(spec, str):
         return spec
     if isinstance(spec, dict):
-        rest = ",".join(f"{k}={v}" for k, v in spec.items() if k != "name")
-        return spec.get("name", "?") + (":" + rest if rest else "")
+        from nsf.registry import spec_to_str  # lazily: the optimizer core is a sibling package
+        return spec_to_str(spec)
     return getattr(spec, "__name__", None) or getattr(spec, "label", None) or repr(spec)
 
 
