@@ -16,10 +16,11 @@ import torch
 
 from . import schedules
 from .optim import NSF
+from .optim.defaults import DEFAULT_P
 
 __all__ = ["OPTIMIZERS", "create_optimizer", "parse_spec", "spec_to_str"]
 
-_CYCLE = schedules.Cyclic(-0.25, 0.25, period=1000, shape="cosine").to_dict()
+_CYCLE = DEFAULT_P.to_dict()
 
 #: name -> (constructor, preset options). Options given in the spec or as overrides win over presets.
 OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], dict[str, Any]]] = {

@@ -24,17 +24,12 @@ from torch.optim.optimizer import (
 
 from .. import schedules as _schedules
 from . import _fused
+from .defaults import DEFAULT_LR, DEFAULT_P, DEFAULT_SCALE  # defined once, imported everywhere
 
 __all__ = ["NSF", "nsf", "SCALES"]
 
 SCALES = ("raw", "sgd", "adam")
 
-#: Defaults chosen by the declared search of issue #4 on validation splits (docs/RESULTS.md): a ±¼ cosine cycle
-#: of p, grafted to the length of the p = 0 step (so lr is an SGD-EMA learning rate: lr 1 ≈ torch SGD(momentum=0.9,
-#: lr=0.1)). The evidence for it is weak (top candidates within noise); see docs/RESULTS.md.
-DEFAULT_LR = 1.0
-DEFAULT_P = _schedules.Cyclic(-0.25, 0.25, period=1000, shape="cosine")
-DEFAULT_SCALE = "sgd"
 _CALLABLE = "callable"  # group["p_schedule"] marker: the schedule is a plain callable held by the optimizer
 
 
