@@ -6,9 +6,10 @@ import pytest
 
 from nsf.bench import report as R
 from nsf.bench.protocol import Planner
-from nsf.bench.runner import RunStore, execute, make_config, run_id
+from nsf.bench.runner import RunStore, make_config, run_id
 from nsf.bench.suites import LR_GRID, Suite, _snap
-from nsf.bench.tasks import TASKS, eval_steps, lr_lambda
+from nsf.experiment.tasks import TASKS, eval_steps, lr_lambda
+from nsf.experiment.train import run_config
 
 
 def test_run_id_is_stable_and_sensitive():
@@ -54,15 +55,16 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert all(a >= b for a, b in zip(vals, vals[1:])) and vals[-1] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_execute_records_curves_and_detects_divergence():
+def test_run_config_records_curves_and_detects_divergence():
     cfg = make_config("digits-mlp-tiny", "adam", 3e-3, 0, split="val")
-    final, curves = execute(cfg)
+    out = run_config(cfg)
+    final, curves = out["final"], out["curves"]
     assert not final["diverged"] and 0.0 <= final["error"] <= 1.0
     assert curves["step"][-1] == final["steps"] and len(curves["acc"]) == len(curves["loss"])
     assert curves["acc"][-1] == pytest.approx(1 - final["error"])
-    again, _ = execute(cfg)
+    again = run_config(cfg)["final"]
     assert again["loss"] == pytest.approx(final["loss"], rel=1e-6)  # same seed, same result
-    bad, _ = execute(make_config("digits-mlp-tiny", "sgd", 1e6, 0, split="val"))
+    bad = run_config(make_config("digits-mlp-tiny", "sgd", 1e6, 0, split="val"))["final"]
     assert bad["diverged"] and math.isnan(bad["loss"])
 
 

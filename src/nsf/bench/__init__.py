@@ -2,8 +2,7 @@
 
 ``nsf bench --suite smoke|quick|standard --out DIR`` runs a suite; ``nsf report DIR`` writes DIR/report.md.
 """
-from .runner import RunStore, execute, make_config, run_id
+from .runner import RunStore, make_config, run_id
 from .suites import SUITES, get_suite
-from .tasks import TASKS, get_task
 
-__all__ = ["RunStore", "execute", "make_config", "run_id", "SUITES", "get_suite", "TASKS", "get_task"]
+__all__ = ["RunStore", "make_config", "run_id", "SUITES", "get_suite"]

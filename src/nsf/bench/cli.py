@@ -16,7 +16,7 @@ def _bench(args) -> int:
     from .protocol import Planner, suite_from_dict, suite_to_dict
     from .runner import RunStore, resolve_device, run_and_store, run_id
     from .suites import get_suite
-    from .tasks import get_task
+    from nsf.experiment.tasks import get_task
 
     from nsf.registry import parse_spec
     for spec in args.opt or []:  # validate extra specs first: a clear message, nothing written

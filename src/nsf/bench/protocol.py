@@ -12,7 +12,7 @@ from nsf.registry import parse_spec
 
 from .runner import RunStore, make_config, run_id
 from .suites import LR_GRID, Search, Suite, _snap, get_suite, ref_lr
-from .tasks import get_task
+from nsf.experiment.tasks import get_task
 
 INF = float("inf")
 

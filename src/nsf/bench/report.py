@@ -14,7 +14,7 @@ from nsf.registry import spec_to_str
 from .protocol import Planner, score, suite_from_dict
 from .runner import RunStore
 from .suites import LR_GRID, get_suite
-from .tasks import get_task
+from nsf.experiment.tasks import get_task
 
 BASELINE_LABELS = ("SGD-M", "Adam", "AdamW", "Padam")
 

@@ -1,4 +1,7 @@
-"""Dataset loaders for the benchmark harness.
+"""Datasets of every experiment (bench, spectral instruments, demo): loading, splitting, standardising.
+
+One order everywhere: load -> :func:`split_train_val` -> :func:`standardize` with statistics of the training
+rows only (:func:`prepare`), so neither validation nor test rows leak into the normalisation.
 
 Every loader returns a :class:`Dataset`: tensors held in memory (batched by indexing, no per-sample
 Python work) plus metadata.  Classification data: ``x_train``/``y_train``/``x_test``/``y_test``.
@@ -18,6 +21,7 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -189,7 +193,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("NSF_CACHE", Path.home() / ".cache" / "nsf"))
 
 
-def load_mnist1d(n_train: int | None = None) -> Dataset:
+def load_mnist1d() -> Dataset:
     """MNIST-1D generated locally (``make_dataset(get_dataset_args())``; never the network path)."""
     cache = _cache_dir() / "mnist1d_default.pt"
     d = None
@@ -313,3 +317,44 @@ def standardize(ds: Dataset) -> Dataset:
     std = ds.x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
     return Dataset(ds.name, (ds.x_train - mean) / std, ds.y_train, (ds.x_test - mean) / std, ds.y_test,
                    ds.n_classes, ds.kind, ds.meta)
+
+
+def prepare(ds: Dataset, split: str = "test", val_frac: float = 0.1, seed: int = 0) -> Dataset:
+    """Training part (train minus validation) + the evaluation set ``split`` ("val" or "test"), standardised with
+    statistics of the training part only.  Both splits share the same training part and statistics."""
+    if split not in ("val", "test"):
+        raise ValueError("split must be 'val' or 'test'")
+    tr_test, tr_val = split_train_val(ds, val_frac, seed=seed)
+    return standardize(tr_val if split == "val" else tr_test)
+
+
+def subset(ds: Dataset, n_train: int, n_test: int, seed: int = 1234) -> Dataset:
+    """A seeded random subset of the training and test rows (kept in their original order)."""
+    g = torch.Generator().manual_seed(seed)
+    tr = torch.randperm(len(ds.y_train), generator=g)[:n_train].sort().values
+    te = torch.randperm(len(ds.y_test), generator=g)[:n_test].sort().values
+    return Dataset(ds.name, ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te], ds.n_classes, ds.kind,
+                   dict(ds.meta, subset=[n_train, n_test]))
+
+
+@lru_cache(maxsize=4)
+def load(name: str, root: str | None = None) -> Dataset:
+    """A named dataset (key of :data:`LOADERS`), cached; ``root`` is used by the loaders that take a folder."""
+    try:
+        loader = LOADERS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(LOADERS)}") from None
+    return loader(root) if (root and name in ("fashion-mnist", "cifar10", "cifar100")) else loader()
+
+
+_PREPARED: dict = {}
+
+
+def prepared(name: str, split: str, val_frac: float = 0.1, device="cpu", root: str | None = None) -> Dataset:
+    """:func:`prepare` of a named dataset on ``device``, cached (a sweep trains many runs on the same data)."""
+    key = (name, val_frac, split, str(device), root)
+    if key not in _PREPARED:
+        if len(_PREPARED) >= 4:
+            _PREPARED.clear()
+        _PREPARED[key] = prepare(load(name, root), split, val_frac).to(device)
+    return _PREPARED[key]

@@ -1,4 +1,4 @@
-"""Small models for the benchmark tasks (all fast on one CPU core)."""
+"""Model builders of every experiment (bench tasks, spectral instruments, demo); all fast on one CPU core."""
 from __future__ import annotations
 
 import math
@@ -6,10 +6,14 @@ import math
 import torch.nn as nn
 
 
-def mlp(in_shape, n_classes, hidden=(256, 256)) -> nn.Module:
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(in_shape, n_classes, hidden=(256, 256), act: str = "relu") -> nn.Module:
+    """Flatten, then Linear + activation per hidden width, then a linear read-out of ``n_classes`` outputs."""
     layers, d = [nn.Flatten()], int(math.prod(in_shape))
     for h in hidden:
-        layers += [nn.Linear(d, h), nn.ReLU()]
+        layers += [nn.Linear(d, h), ACTIVATIONS[act]()]
         d = h
     layers.append(nn.Linear(d, n_classes))
     return nn.Sequential(*layers)
@@ -54,6 +58,7 @@ MODELS = {"mlp": mlp, "cnn1d": cnn1d, "cnn2d": cnn2d}
 
 
 def build(kind: str, in_shape, n_classes, **kw) -> nn.Module:
+    """Model ``kind`` ("mlp", "cnn1d", "cnn2d", "chargru") for inputs of ``in_shape`` (ignored for text)."""
     if kind == "chargru":
         return CharGRU(n_classes, **kw)
     return MODELS[kind](tuple(in_shape), n_classes, **kw)
