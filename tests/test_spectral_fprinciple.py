@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nsf.spectral import fprinciple as fp
-from nsf.spectral._common import mean_ci, time_to_learn
+from nsf.experiment.stats import mean_ci
+from nsf.spectral._common import time_to_learn
 
 KS = (1, 2, 4, 8, 16)
 
@@ -48,7 +49,7 @@ def test_time_to_learn_on_synthetic_curves():
 def test_mean_ci_known_answer():
     c = mean_ci([1.0, 2.0, 3.0, float("inf")])
     assert c["mean"] == 2.0 and c["n"] == 3 and c["n_missing"] == 1
-    assert abs(c["ci95"] - 4.303 / math.sqrt(3)) < 1e-9
+    assert abs(c["ci95"] - 4.302652729749 / math.sqrt(3)) < 1e-9  # t(0.975, df=2) exactly
 
 
 def _fake_run(loss, E, energy=1.0):
@@ -79,12 +80,25 @@ def test_training_reduces_low_frequency_error_first_with_adam():
     assert r["loss"][-1] < r["loss"][0]
 
 
-def test_tune_lr_picks_the_lowest_score_warns_at_the_edge_and_rejects_all_diverged():
+def test_tune_lr_uses_the_one_tuner_caches_warns_and_rejects_all_diverged():
+    from nsf.experiment.tuner import Grid
     from nsf.spectral._common import tune_lr
 
-    best, scores = tune_lr(lambda lr: (lr - 0.1) ** 2 if lr < 1 else float("nan"), [0.01, 0.1, 0.3, 1.0])
-    assert best == 0.1 and scores[1.0] == float("inf")
-    with pytest.warns(UserWarning, match="edge of the grid"):
-        assert tune_lr(lambda lr: -lr, [0.1, 0.2])[0] == 0.2
-    with pytest.raises(RuntimeError):
-        tune_lr(lambda lr: float("inf"), [0.1, 0.2])
+    calls = []
+
+    def run(lr, seed):  # a valley at 1e-2 on a decade grid 1e-4..1; diverges above 0.5
+        calls.append(lr)
+        loss = math.log10(lr / 1e-2) ** 2
+        return {"loss": loss, "error": loss, "diverged": lr > 0.5}
+
+    cache = {}
+    d = tune_lr(run, Grid(1e-4, 1.0, 1.0), seed=7, cache=cache)
+    assert d.lr == 1e-2 and d.flags == []
+    assert set(d.scores) >= {1e-4, 1e-3, 1e-2, 1e-1, 1.0} and d.scores[1.0][0] == 1  # diverged: worst
+    assert len(calls) == len(cache) == len(set(calls))  # every lr trained once
+    calls.clear()
+    assert tune_lr(run, Grid(1e-4, 1.0, 1.0), seed=7, cache=cache).lr == 1e-2 and calls == []  # from the cache
+    with pytest.warns(UserWarning, match="flagged"):  # optimum beyond the largest point it may try
+        tune_lr(lambda lr, s: {"loss": -lr, "error": -lr}, Grid(1e-2, 1.0, 1.0), seed=0)
+    with pytest.raises(RuntimeError, match="diverged"):
+        tune_lr(lambda lr, s: {"diverged": True}, Grid(0.1, 1.0, 1.0), seed=0)

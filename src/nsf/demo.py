@@ -1,58 +1,57 @@
-"""``nsf demo``: a short, offline training run that shows NSF next to Adam and SGD on real data (digits)."""
+"""``nsf demo``: a short, offline training run that shows NSF next to Adam and SGD on real data (digits).
+
+Data, model and loop are the benchmark's (task ``digits-mlp``: same split, same standardisation, same MLP,
+same training loop), but with each optimizer's preset learning rate, constant, instead of a tuned one.
+"""
 
 from __future__ import annotations
 
 import time
 
 import torch
-from torch import nn
 
+from .experiment import data as D
+from .experiment import models as M
+from .experiment.metrics import classification_metrics
+from .experiment.tasks import get_task
+from .experiment.train import fit, shuffled_batches
 from .registry import create_optimizer, spec_to_str
 
 DEMO_SPECS = ["sgd", "adam", "nsf", "nsf-cyclic-adam"]
+TASK = "digits-mlp"
 
 
-def _digits(seed: int):
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x, dtype=torch.float32) / 16.0
-    y = torch.tensor(y)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    test, train = order[:400], order[400:]
-    return x[train], y[train], x[test], y[test]
-
-
-def train_digits(spec: str, epochs: int = 20, batch_size: int = 64, seed: int = 0) -> dict:
-    """Train a small MLP on sklearn's digits; returns final test accuracy/loss and the p trace when there is one."""
+def train_digits(spec: str, epochs: int = 20, seed: int = 0) -> dict:
+    """Train the benchmark's digits MLP; returns final test accuracy/loss and the p trace when there is one."""
+    task = get_task(TASK)
+    ds = D.prepared(task.dataset, "test", task.val_frac)
     torch.manual_seed(seed)
-    xtr, ytr, xte, yte = _digits(seed)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = M.build(task.model, tuple(ds.x_train.shape[1:]), ds.n_classes, **task.model_kw)
     opt = create_optimizer(spec, model.parameters())
-    gen = torch.Generator().manual_seed(seed)
     p_trace = []
+
+    def trace_p(step, model, loss):
+        if step and "p" in opt.param_groups[0]:
+            p_trace.append(float(opt.param_groups[0]["p"]))
+
     start = time.perf_counter()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(ytr), generator=gen).split(batch_size):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
-            opt.step()
-            if "p" in opt.param_groups[0]:
-                p_trace.append(float(opt.param_groups[0]["p"]))
+    batches = shuffled_batches(ds.x_train, ds.y_train, task.batch_size, torch.Generator().manual_seed(seed))
+    fit(model, opt, batches, epochs * task.epoch_steps(len(ds.y_train)), callbacks=[trace_p])
     with torch.no_grad():
-        logits = model(xte)
-        return {
-            "spec": spec_to_str(spec),
-            "test_acc": (logits.argmax(1) == yte).float().mean().item(),
-            "test_loss": nn.functional.cross_entropy(logits, yte).item(),
-            "p_range": (min(p_trace), max(p_trace)) if p_trace else None,
-            "seconds": time.perf_counter() - start,
-        }
+        m = classification_metrics(model(ds.x_test), ds.y_test)
+    return {
+        "spec": spec_to_str(spec),
+        "test_acc": m["acc"],
+        "test_loss": m["loss"],
+        "p_range": (min(p_trace), max(p_trace)) if p_trace else None,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def run(args) -> int:
     torch.set_num_threads(args.threads)
-    print(f"digits MLP, {args.epochs} epochs, seed {args.seed}, preset learning rates (untuned)")
+    print(f"digits MLP (benchmark task {TASK}), {args.epochs} epochs, seed {args.seed}, "
+          "preset learning rates (untuned)")
     print(f"{'optimizer':<22}{'test acc':>9}{'test loss':>11}{'p range':>16}{'time':>8}")
     for spec in args.optimizers:
         r = train_digits(spec, epochs=args.epochs, seed=args.seed)

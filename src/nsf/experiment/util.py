@@ -49,13 +49,15 @@ def write_json_atomic(path, obj, indent: int | None = 1) -> str:
     return path
 
 
-def save_figure(fig, path, dpi: int = 110) -> str:
-    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+def save_figure(fig, path, dpi: int = 110, tight: bool = True) -> str:
+    """Lay out (``tight``: tight_layout; off for figures placed by hand), write (creating the folder) and close
+    a matplotlib figure; returns the path."""
     import matplotlib.pyplot as plt
 
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -1,14 +1,18 @@
-"""Shared helpers of the spectral instruments: building optimizers from registry specs, seeds, statistics, I/O."""
+"""Shared helpers of the spectral instruments: optimizers from registry specs, matched-loss reading, LR tuning.
+
+Seeding, JSON, statistics, data, models and the training loop come from :mod:`nsf.experiment`.
+"""
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+
+from nsf.experiment.tuner import Decision, Grid, LRTuner, score, tune
+from nsf.experiment.util import jsonable
 
 OptimizerSpec = Any  # registry string, registry dict, or callable(params, lr) -> torch.optim.Optimizer
 
@@ -36,45 +40,17 @@ def spec_label(spec: OptimizerSpec) -> str:
     return getattr(spec, "__name__", None) or getattr(spec, "label", None) or repr(spec)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(int(n))
 
 
-# two-sided 97.5% Student-t quantiles for small samples (df = n - 1); avoids a scipy dependency
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 24: 2.064, 29: 2.045}
+def cycle_spec(name: str, period: int) -> str:
+    """Registry text of optimizer ``name`` with the library's default p cycle at another period."""
+    from nsf.optim.defaults import default_cycle
+    from nsf.registry import spec_to_str
 
-
-def t975(df: int) -> float:
-    if df <= 0:
-        return float("nan")
-    if df in _T975:
-        return _T975[df]
-    keys = sorted(k for k in _T975 if k <= df)
-    return _T975[keys[-1]] if df < 30 else 1.96
-
-
-def mean_ci(values: Sequence[float]) -> dict:
-    """Mean and half-width of the 95 % t confidence interval over finite values (seeds). Non-finite values
-    (e.g. 'never reached') are counted in ``n_missing`` and excluded."""
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    finite = arr[np.isfinite(arr)]
-    n = int(finite.size)
-    out = {"n": n, "n_missing": int(len(values) - n)}
-    if n == 0:
-        out.update(mean=None, ci95=None, std=None)
-        return out
-    mean = float(finite.mean())
-    std = float(finite.std(ddof=1)) if n > 1 else 0.0
-    out.update(mean=mean, std=std, ci95=float(t975(n - 1) * std / math.sqrt(n)) if n > 1 else None)
-    return out
+    return spec_to_str({"name": name, "p": default_cycle(period)})
 
 
 def first_index_below(values: Sequence[float], level: float) -> int | None:
@@ -97,57 +73,37 @@ def time_to_learn(steps: Sequence[int], errors: Sequence[float], threshold: floa
     return int(steps[i])
 
 
-def to_jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
-    return obj
+def tune_lr(run: Callable[[float, int], dict], grid: Grid, *, seed: int, criterion: str = "error",
+            resolution: float | None = None, cache: dict | None = None, what: str = "") -> Decision:
+    """The one LR tuner (rule "full") on ``grid`` with tuning seed ``seed``.  ``run(lr, seed)`` returns the
+    metrics of one run (``error``, ``loss``, ``diverged``), scored by ``nsf.experiment.tuner.score``.  ``cache``
+    ({str(lr): metrics}) holds finished evaluations and is filled in.  Warns when the choice is flagged
+    "edge" or "cap" (the optimum may lie outside what was searched)."""
+    cache = {} if cache is None else cache
+
+    def cached(lr: float, s: int) -> tuple:
+        if str(lr) not in cache:
+            cache[str(lr)] = jsonable(run(lr, s))
+        return score(cache[str(lr)], criterion)
+
+    decision = tune(cached, LRTuner(None, grid, rule="full", seeds=(seed,), resolution=resolution))
+    if decision.scores[decision.lr][0] != 0:
+        raise RuntimeError(f"{what}every learning rate searched diverged")
+    if {"edge", "cap"} & set(decision.flags):
+        warnings.warn(f"{what}chosen lr {decision.lr:g} is flagged {decision.flags} on the grid "
+                      f"[{grid.lo:g}, {grid.hi:g}]; widen the grid", stacklevel=2)
+    return decision
 
 
-def write_json(path: str, obj) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(to_jsonable(obj), fh, indent=1)
-    return path
+def grid_dict(grid: Grid) -> dict:
+    """A declared LR grid as stored in the instruments' JSON settings."""
+    return {"lo": grid.lo, "hi": grid.hi, "step_decades": grid.step, "rule": "full"}
 
 
-def log_grid(lo: float, hi: float, per_decade: int = 2) -> list[float]:
-    """Log-spaced grid from lo to hi inclusive with ``per_decade`` points per decade (rounded to 3 s.f.)."""
-    n = int(round(math.log10(hi / lo) * per_decade)) + 1
-    return [float(f"{v:.3g}") for v in np.logspace(math.log10(lo), math.log10(hi), n)]
-
-
-def tune_lr(run: Callable[[float], float], grid: Sequence[float]) -> tuple[float, dict]:
-    """Evaluate ``run(lr) -> score`` (lower is better; NaN/inf = diverged) on every grid point with the same
-    budget and return the best lr and all scores."""
-    scores = {}
-    for lr in grid:
-        s = float(run(lr))
-        scores[lr] = s if math.isfinite(s) else float("inf")
-    best = min(scores, key=lambda k: scores[k])
-    if not math.isfinite(scores[best]):
-        raise RuntimeError("every learning rate on the grid diverged")
-    warn_if_grid_edge(best, grid)
-    return best, scores
-
-
-def warn_if_grid_edge(best: float, grid: Sequence[float], what: str = "") -> bool:
-    """Warn (and return True) when the chosen LR is the smallest or largest grid value: the optimum may lie
-    outside the grid, so widen it."""
-    if len(grid) > 1 and best in (min(grid), max(grid)):
-        import warnings
-
-        warnings.warn(f"{what}chosen lr {best:g} is at the edge of the grid [{min(grid):g}, {max(grid):g}]; "
-                      "widen the grid", stacklevel=3)
-        return True
-    return False
+def loss_levels(curves: Sequence[Sequence[float]], hi: float, n: int = 5) -> list[float]:
+    """``n`` loss levels, geometric from ``hi`` down to just above the highest minimum reached by any run
+    (so every non-diverged run reaches every level)."""
+    mins = [min(c) for c in curves if len(c) and all(math.isfinite(v) for v in c)]
+    lo = max(mins) * 1.02 if mins else hi / 2
+    lo = min(lo, hi * 0.99)
+    return [float(v) for v in np.geomspace(hi, lo, n)]

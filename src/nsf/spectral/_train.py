@@ -1,16 +1,26 @@
-"""Classifier training shared by the filtering and alignment instruments: data, model, loop, LR tuning."""
+"""Classifier set-up shared by the filtering and alignment instruments: data, budgets, training, LR tuning.
+
+Data, model, loop and metrics are the experiment layer's (:mod:`nsf.experiment`); this module only fixes the
+instruments' choices (flattened inputs, a 2x128 ReLU MLP, constant LR, per-dataset budgets).
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ._common import OptimizerSpec, make_optimizer, seed_everything, spec_label, warn_if_grid_edge
+from nsf.experiment import data as D
+from nsf.experiment.metrics import classification_metrics
+from nsf.experiment.models import mlp
+from nsf.experiment.train import fit, shuffled_batches
+from nsf.experiment.tuner import Decision, Grid
+from nsf.experiment.util import seed_everything, write_json_atomic
+
+from ._common import OptimizerSpec, cycle_spec, make_optimizer, spec_label, tune_lr
 
 #: per-dataset training budgets (constant LR; the same for every optimizer)
 BUDGETS = {
@@ -20,34 +30,33 @@ BUDGETS = {
 }
 QUICK_BUDGET = {"steps": 120, "batch": 64}
 FASHION_SUBSET = (4000, 2000)  # train, test examples used from Fashion-MNIST
+#: the declared LR grids (log, in decades) searched by the tuner's "full" rule
+LR_GRID = Grid(1e-4, 100.0, 0.5)
+QUICK_LR_GRID = Grid(1e-3, 0.1, 1.0)
+TUNING_CRITERION = ("final validation error (10% of train; ties: validation loss), tuning seed only, same budget; "
+                    "the tuner's 'full' rule on the declared grid")
 
 
 def default_classifier_optimizers(period: int) -> list[str]:
     """The optimizers the classification instruments (filtering, alignment) compare by default."""
-    cyc = f"cyclic(-0.25,0.25,{int(period)},cosine)"
     return ["sgd", "adam", "nsf-fixed:p=-0.25", "nsf-fixed:p=0", "nsf-fixed:p=0.25",
-            f"nsf-cyclic:p={cyc}", f"nsf-cyclic-adam:p={cyc}"]
+            cycle_spec("nsf-cyclic", period), cycle_spec("nsf-cyclic-adam", period)]
 
 
-def classification_sweep(quick: bool, datasets, seeds, lr_grid, optimizers):
+def classification_sweep(quick: bool, datasets, seeds, lr_grid: Grid | None, optimizers):
     """Shared set-up of the classification instruments: the defaults for datasets, seeds and the LR grid, then
     per loadable dataset ``(name, data, steps, batch, cyclic period, optimizer specs)``; missing datasets land in ``skipped``."""
-    from nsf.bench.data import DatasetMissing
-
-    from ._common import log_grid
-
     if quick:
-        datasets, seeds, lr_grid = datasets or ["digits"], seeds or [0, 1], lr_grid or [1e-3, 1e-2, 1e-1]
+        datasets, seeds, lr_grid = datasets or ["digits"], seeds or [0, 1], lr_grid or QUICK_LR_GRID
     else:
-        datasets = datasets or ["mnist1d", "digits", "fashion-mnist"]
-        seeds, lr_grid = seeds or range(5), lr_grid or log_grid(1e-4, 100.0, 2)
+        datasets, seeds, lr_grid = datasets or ["mnist1d", "digits", "fashion-mnist"], seeds or range(5), lr_grid or LR_GRID
     skipped: dict[str, str] = {}
 
     def each():
         for name in datasets:
             try:
                 data = load_classification(name)
-            except (DatasetMissing, FileNotFoundError, ImportError) as e:
+            except (D.DatasetMissing, FileNotFoundError, ImportError) as e:
                 skipped[name] = str(e)
                 continue
             budget = QUICK_BUDGET if quick else BUDGETS[name]
@@ -57,125 +66,65 @@ def classification_sweep(quick: bool, datasets, seeds, lr_grid, optimizers):
                 opts = [opts[0], opts[1], opts[-1]]
             yield name, data, budget["steps"], budget["batch"], period, opts
 
-    return list(datasets), list(seeds), list(lr_grid), each(), skipped
+    return list(datasets), list(seeds), lr_grid, each(), skipped
 
 
 def load_classification(name: str, val_frac: float = 0.1, split_seed: int = 0, subset: tuple | None = None):
-    """Flattened, standardised (train statistics) tensors: x_tr, y_tr, x_val, y_val, x_te, y_te.
-    The validation split is carved from the training set; tuning never sees the test set."""
-    from nsf.bench import data as D
-
-    ds = D.LOADERS[name]()
+    """Flattened tensors x_tr, y_tr, x_val, y_val, x_te, y_te: the validation split is carved from the training
+    set, then everything is standardised with statistics of the training part only (tuning never sees the
+    test set, and neither validation nor test rows enter the statistics)."""
+    ds = D.load(name)
     if name == "fashion-mnist" and subset is None:
         subset = FASHION_SUBSET
     if subset is not None:
-        g = torch.Generator().manual_seed(1234)
-        tr = torch.randperm(len(ds.y_train), generator=g)[: subset[0]].sort().values
-        te = torch.randperm(len(ds.y_test), generator=g)[: subset[1]].sort().values
-        ds = D.Dataset(ds.name, ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te], ds.n_classes,
-                       ds.kind, dict(ds.meta, subset=list(subset)))
-    ds = D.standardize(ds)
-    tr_ds, val_ds = D.split_train_val(ds, val_frac=val_frac, seed=split_seed)
+        ds = D.subset(ds, *subset)
+    test, val = D.prepare(ds, "test", val_frac, split_seed), D.prepare(ds, "val", val_frac, split_seed)
     fl = lambda t: t.reshape(len(t), -1).float()  # noqa: E731
     return {"name": name, "n_classes": ds.n_classes,
-            "x_tr": fl(tr_ds.x_train), "y_tr": tr_ds.y_train.long(),
-            "x_val": fl(val_ds.x_test), "y_val": val_ds.y_test.long(),
-            "x_te": fl(tr_ds.x_test), "y_te": tr_ds.y_test.long()}
-
-
-def classifier(d_in: int, n_classes: int, width: int = 128, depth: int = 2) -> nn.Module:
-    layers, d = [], d_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU()]
-        d = width
-    layers.append(nn.Linear(d, n_classes))
-    return nn.Sequential(*layers)
+            "x_tr": fl(test.x_train), "y_tr": test.y_train.long(),
+            "x_val": fl(val.x_test), "y_val": val.y_test.long(),
+            "x_te": fl(test.x_test), "y_te": test.y_test.long()}
 
 
 def train_classifier(spec: OptimizerSpec, lr: float, data: dict, *, steps: int, batch: int, seed: int,
-                     width: int = 128, depth: int = 2,
-                     callbacks: Sequence[Callable[[int, nn.Module], None]] = ()) -> dict:
-    """Mini-batch training with cross-entropy and a constant LR. Each callback is called as ``cb(step, model)``
-    after every optimizer step and once at step 0 (it decides its own cadence)."""
+                     width: int = 128, depth: int = 2, callbacks=()) -> dict:
+    """Mini-batch training with cross-entropy and a constant LR; callbacks ``cb(step, model, loss)`` as in
+    :func:`nsf.experiment.train.fit` (step 0 before training).  A loss above 1e3 counts as diverged."""
     seed_everything(seed)
     x, y = data["x_tr"], data["y_tr"]
-    model = classifier(x.shape[1], data["n_classes"], width, depth)
+    model = mlp((x.shape[1],), data["n_classes"], hidden=[width] * depth)
     opt = make_optimizer(spec, model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(len(y), generator=gen), 0
-    model.eval()
-    for cb in callbacks:
-        cb(0, model)
-    diverged = False
-    for t in range(1, steps + 1):
-        if pos + batch > len(y):
-            order, pos = torch.randperm(len(y), generator=gen), 0
-        idx = order[pos:pos + batch]
-        pos += batch
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
-        opt.step()
-        model.eval()
-        if not math.isfinite(loss.item()) or loss.item() > 1e3:
-            diverged = True
-            break
-        for cb in callbacks:
-            cb(t, model)
-    return {"model": model, "diverged": diverged, "steps_done": t if steps else 0}
+    r = fit(model, opt, shuffled_batches(x, y, batch, torch.Generator().manual_seed(seed)), steps,
+            callbacks=callbacks, diverged=lambda loss: not math.isfinite(loss) or loss > 1e3)
+    return {"model": model, "diverged": r["diverged_at"] is not None, "steps_done": r["steps_done"]}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    logits = model(x)
-    if not torch.isfinite(logits).all():
-        return float("nan"), 0.0
-    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+def _val_metrics(model: nn.Module, data: dict) -> dict:
+    m = classification_metrics(model(data["x_val"]), data["y_val"])
+    return {"error": 1.0 - m["acc"], "loss": m["loss"], "diverged": False}
 
 
-def tune_classifier_lr(spec: OptimizerSpec, data: dict, grid: Sequence[float], *, steps: int, batch: int,
-                       seed: int = 1000, width: int = 128, depth: int = 2, cache_path: str | None = None,
-                       on_step: Callable[[], None] | None = None) -> tuple[float, dict]:
-    """Pick the LR on ``grid`` with the lowest final validation error (ties: lower validation loss), same budget
-    for every grid point. Results are cached in ``cache_path`` (JSON) so that filtering and alignment, which use
-    the same training setup, tune once."""
-    key = json.dumps([data["name"], spec_label(spec), list(grid), steps, batch, seed, width, depth])
+def tune_classifier_lr(spec: OptimizerSpec, data: dict, grid: Grid, *, steps: int, batch: int, seed: int = 1000,
+                       width: int = 128, depth: int = 2, cache_path: str | None = None,
+                       on_step=None) -> Decision:
+    """The LR with the lowest final validation error (ties: validation loss), same budget for every point,
+    by the tuner's "full" rule on ``grid``.  Finished evaluations are kept in ``cache_path`` (JSON), so that
+    filtering and alignment, which share the training setup, train each point once."""
+    key = json.dumps([data["name"], spec_label(spec), steps, batch, seed, width, depth])
     cache = {}
     if cache_path and os.path.exists(cache_path):
         with open(cache_path) as fh:
             cache = json.load(fh)
-    if key in cache:
-        if on_step:
-            for _ in grid:
-                on_step()
-        return cache[key]["lr"], {float(k): v for k, v in cache[key]["scores"].items()}
-    scores = {}
-    for lr in grid:
-        r = train_classifier(spec, lr, data, steps=steps, batch=batch, seed=seed, width=width, depth=depth)
-        if r["diverged"]:
-            scores[lr] = float("inf")
-        else:
-            vl, va = evaluate(r["model"], data["x_val"], data["y_val"])
-            scores[lr] = (1 - va) + 1e-3 * min(vl, 10.0) if math.isfinite(vl) else float("inf")
+
+    def run(lr: float, s: int) -> dict:
+        r = train_classifier(spec, lr, data, steps=steps, batch=batch, seed=s, width=width, depth=depth)
         if on_step:
             on_step()
-    best = min(scores, key=lambda k: scores[k])
-    warn_if_grid_edge(best, grid, f"{data['name']}/{spec_label(spec)}: ")
+        return {"diverged": True} if r["diverged"] else _val_metrics(r["model"], data)
+
+    decision = tune_lr(run, grid, seed=seed, resolution=1.0 / len(data["y_val"]), cache=cache.setdefault(key, {}),
+                       what=f"{data['name']}/{spec_label(spec)}: ")
     if cache_path:
-        cache[key] = {"lr": best, "scores": {str(k): (v if math.isfinite(v) else None) for k, v in scores.items()}}
-        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-        with open(cache_path, "w") as fh:
-            json.dump(cache, fh, indent=1)
-    return best, scores
-
-
-def loss_levels(curves: Sequence[Sequence[float]], hi: float, n: int = 5) -> list[float]:
-    """``n`` loss levels, geometric from ``hi`` down to just above the highest minimum reached by any run
-    (so every non-diverged run reaches every level)."""
-    mins = [min(c) for c in curves if len(c) and all(math.isfinite(v) for v in c)]
-    lo = max(mins) * 1.02 if mins else hi / 2
-    lo = min(lo, hi * 0.99)
-    import numpy as np
-
-    return [float(v) for v in np.geomspace(hi, lo, n)]
+        write_json_atomic(cache_path, cache)
+    return decision

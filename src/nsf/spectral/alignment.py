@@ -5,7 +5,8 @@ optimizer step; at the steps its cadence selects it evaluates the model on held-
 
 * accuracy and mean cross-entropy,
 * expected calibration error ECE = Σ_b (n_b/N)·|acc_b − conf_b| over equal-width confidence bins
-  (confidence = max softmax probability), and the mean confidence,
+  (confidence = max softmax probability; :func:`nsf.experiment.metrics.ece`, the bench's ECE), and the mean
+  confidence,
 * margins: probability margin p_y − max_{j≠y} p_j and logit margin z_y − max_{j≠y} z_j (mean, quantiles,
   fraction negative = error rate).
 
@@ -21,45 +22,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
+
+from nsf.experiment.metrics import classification_metrics
+from nsf.experiment.stats import mean_ci
+from nsf.experiment.tuner import Grid
+from nsf.experiment.util import save_figure, write_json_atomic
 
 from . import plots
-from ._common import OptimizerSpec, first_index_below, mean_ci, spec_label, write_json
-from ._train import classification_sweep, loss_levels, train_classifier, tune_classifier_lr
-
-
-def classification_metrics(logits: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> dict:
-    """Accuracy, cross-entropy, ECE, mean confidence and margin statistics of one batch of logits."""
-    logits = logits.detach().double()
-    y = y.long()
-    probs = torch.softmax(logits, 1)
-    conf, pred = probs.max(1)
-    correct = (pred == y).double()
-    # ECE over equal-width bins (lo, hi]; the first bin also takes conf = 0
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    ece = torch.zeros((), dtype=torch.float64)
-    for b in range(n_bins):
-        lo, hi = edges[b], edges[b + 1]
-        m = (conf > lo) & (conf <= hi) if b else (conf >= lo) & (conf <= hi)
-        if m.any():
-            ece += m.double().mean() * (correct[m].mean() - conf[m].mean()).abs()
-    other = logits.clone()
-    other[torch.arange(len(y)), y] = -math.inf
-    lmargin = logits[torch.arange(len(y)), y] - other.max(1).values
-    pother = probs.clone()
-    pother[torch.arange(len(y)), y] = -1.0
-    pmargin = probs[torch.arange(len(y)), y] - pother.max(1).values
-    q = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
-    return {
-        "acc": float(correct.mean()),
-        "loss": float(F.cross_entropy(logits, y)),
-        "ece": float(ece),
-        "mean_conf": float(conf.mean()),
-        "prob_margin_mean": float(pmargin.mean()),
-        "logit_margin_mean": float(lmargin.mean()),
-        "logit_margin_q10_50_90": [float(v) for v in torch.quantile(lmargin, q)],
-        "frac_negative_margin": float((lmargin < 0).double().mean()),
-    }
+from ._common import OptimizerSpec, first_index_below, grid_dict, loss_levels, spec_label
+from ._train import TUNING_CRITERION, classification_sweep, train_classifier, tune_classifier_lr
 
 
 def early_dense_cadence(steps_per_epoch: int, early_epochs: int = 3, per_epoch_early: int = 8,
@@ -84,7 +55,7 @@ class AlignmentRecorder:
         rec = AlignmentRecorder(x_test, y_test, early_dense_cadence(len(train_loader)))
         for step, batch in enumerate(loader, 1):
             ...; opt.step()
-            rec(step, model)
+            rec(step, model)            # or pass it to nsf.experiment.train.fit as a callback
         rec.history  # dict of lists: step, acc, loss, ece, mean_conf, margins...
 
     ``x``/``y`` are tensors (evaluated in chunks of ``batch_size``); the model is put in eval mode for the
@@ -109,7 +80,7 @@ class AlignmentRecorder:
             self.history.setdefault(k, []).append(v)
         return m
 
-    def __call__(self, step: int, model: torch.nn.Module) -> None:
+    def __call__(self, step: int, model: torch.nn.Module, loss: float | None = None) -> None:
         if self.cadence(step):
             self.record(step, model)
 
@@ -127,7 +98,7 @@ def accuracy_at_loss(history: dict, levels: Sequence[float]) -> dict:
 
 def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = False, out_dir: str | None = None,
         datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-        lr_grid: Sequence[float] | None = None, tune_seed: int = 1000, progress: bool = True) -> dict:
+        lr_grid: Grid | None = None, tune_seed: int = 1000, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
     datasets, seeds, lr_grid, sweep, skipped = classification_sweep(quick, datasets, seeds, lr_grid, optimizers)
     cache = f"{out_dir}/lr_tuning_cache.json" if out_dir else None
@@ -135,11 +106,13 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
     results = {}
     for name, data, steps, batch, period, opts in sweep:
         spe = int(math.ceil(len(data["y_tr"]) / batch))
-        bar = tqdm(total=len(opts) * (len(lr_grid) + len(seeds)), desc=f"alignment/{name}", disable=not progress)
+        bar = tqdm(total=len(opts) * (len(lr_grid.points()) + 2 + len(seeds)), desc=f"alignment/{name}",
+                   disable=not progress)
         per_opt = {}
         for spec in opts:
-            lr, scores = tune_classifier_lr(spec, data, lr_grid, steps=steps, batch=batch, seed=tune_seed,
-                                            cache_path=cache, on_step=lambda: bar.update(1))
+            tuning = tune_classifier_lr(spec, data, lr_grid, steps=steps, batch=batch, seed=tune_seed,
+                                        cache_path=cache, on_step=lambda: bar.update(1))
+            lr = tuning.lr
             hists, div = [], []
             for s in seeds:
                 rec = AlignmentRecorder(data["x_te"], data["y_te"], early_dense_cadence(spe))
@@ -147,7 +120,7 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
                 hists.append(rec.history)
                 div.append(r["diverged"])
                 bar.update(1)
-            per_opt[spec_label(spec)] = {"lr": lr, "tuning_val_score": scores, "histories": hists, "diverged": div}
+            per_opt[spec_label(spec)] = {"lr": lr, "tuning": tuning.to_dict(), "histories": hists, "diverged": div}
         bar.close()
         # common test-loss levels: from 0.9·ln C down to the highest minimum any run reached
         levels = loss_levels([h["loss"] for o in per_opt.values() for h, d in zip(o["histories"], o["diverged"])
@@ -162,14 +135,14 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
             o["best_acc"] = mean_ci([max(h["acc"]) for h in o["histories"]])
         results[name] = {"steps": steps, "batch": batch, "steps_per_epoch": spe, "cyclic_period": period,
                          "loss_levels": levels, "optimizers": per_opt}
-    out = {"settings": {"quick": quick, "datasets": datasets, "seeds": seeds, "lr_grid": lr_grid,
+    out = {"settings": {"quick": quick, "datasets": datasets, "seeds": seeds, "lr_grid": grid_dict(lr_grid),
                         "tune_seed": tune_seed, "model": "MLP 2×128 ReLU", "lr_schedule": "constant",
                         "cadence": "8 evaluations/epoch for 3 epochs, then 2/epoch",
-                        "tuning_criterion": "final validation error (10% of train), 1 seed, same budget",
+                        "tuning_criterion": TUNING_CRITERION,
                         "seconds": time.time() - t0},
            "skipped": skipped, "results": results}
     if out_dir:
-        write_json(f"{out_dir}/alignment.json", out)
+        write_json_atomic(f"{out_dir}/alignment.json", out)
         plot(out, out_dir)
     return out
 
@@ -219,5 +192,5 @@ def plot(data: dict, out_dir: str) -> list[str]:
         axes[0][2].set_xlabel("test-loss level")
         axes[0][2].set_ylabel("test accuracy at first reach")
         axes[0][2].set_title("accuracy at fixed loss (mean ± 95% CI)", fontsize=8)
-        paths.append(plots.save(fig, f"{out_dir}/alignment_{name}.png"))
+        paths.append(save_figure(fig, f"{out_dir}/alignment_{name}.png"))
     return paths

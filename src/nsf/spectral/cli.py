@@ -1,6 +1,7 @@
 """``nsf spectrum <instrument> [--quick] --out DIR``: the spectral instruments from the command line."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import time
 
@@ -13,11 +14,22 @@ INSTRUMENTS = {
 
 
 def _seeds(text: str) -> list[int]:
-    """'5' -> [0..4]; '0,3,7' -> [0, 3, 7]."""
+    """'5' -> [0..4]; '0,3,7' -> [0, 3, 7] (a list: anything with a comma)."""
     text = text.strip()
-    if "," in text or "-" in text[1:]:
+    if "," in text:
         return [int(s) for s in text.split(",") if s.strip()]
     return list(range(int(text)))
+
+
+def _grid(text: str):
+    """'LO,HI,STEP' -> the declared log grid LO..HI in STEP decades that the LR tuner searches."""
+    from nsf.experiment.tuner import Grid
+
+    try:
+        lo, hi, step = (float(v) for v in text.split(","))
+        return Grid(lo, hi, step)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected LO,HI,STEP (e.g. 1e-4,100,0.5), got {text!r}") from e
 
 
 def register(subparsers) -> None:
@@ -37,8 +49,9 @@ def register(subparsers) -> None:
                        help="redraw the figures and reprint the summary from an existing DIR/<instrument>.json")
         if name != "response":
             q.add_argument("--seeds", type=_seeds, default=None, help="'5' for seeds 0..4, or '0,1,2'")
-            q.add_argument("--lr-grid", type=lambda s: [float(v) for v in s.split(",")], default=None,
-                           help="comma-separated common LR grid (default: instrument's)")
+            q.add_argument("--lr-grid", type=_grid, default=None, metavar="LO,HI,STEP",
+                           help="declared log LR grid searched by the tuner, STEP in decades "
+                                "(default: the instrument's, e.g. 1e-4,100,0.5)")
         if name in ("filtering", "alignment"):
             q.add_argument("--datasets", nargs="+", default=None,
                            help="mnist1d digits fashion-mnist (default: all available; quick: digits)")
@@ -62,9 +75,9 @@ def run(args) -> int:
             data = json.load(fh)
         if hasattr(mod, "reanalyse"):
             data = mod.reanalyse(data)
-            from ._common import write_json
+            from nsf.experiment.util import write_json_atomic
 
-            write_json(os.path.join(args.out, f"{args.instrument}.json"), data)
+            write_json_atomic(os.path.join(args.out, f"{args.instrument}.json"), data)
         mod.plot(data, args.out)
         print(mod.format_summary(data))
         return 0

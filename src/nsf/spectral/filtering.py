@@ -25,9 +25,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from nsf.experiment.stats import mean_ci
+from nsf.experiment.tuner import Grid
+from nsf.experiment.util import save_figure, write_json_atomic
+
 from . import plots
-from ._common import OptimizerSpec, first_index_below, mean_ci, spec_label, write_json
-from ._train import classification_sweep, loss_levels, train_classifier, tune_classifier_lr
+from ._common import OptimizerSpec, first_index_below, grid_dict, loss_levels, spec_label
+from ._train import TUNING_CRITERION, classification_sweep, train_classifier, tune_classifier_lr
 
 SHARE_BAND = (0.2, 0.8)
 
@@ -119,7 +123,7 @@ class FilterProbe:
         return e_low, e_high
 
     @torch.no_grad()
-    def __call__(self, step: int, model) -> None:
+    def __call__(self, step: int, model, loss: float | None = None) -> None:
         if step % self.every:
             return
         logits = model(self.x)
@@ -146,7 +150,7 @@ def _at_levels(hist: dict, levels: Sequence[float]) -> dict:
 
 def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = False, out_dir: str | None = None,
         datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-        lr_grid: Sequence[float] | None = None, tune_seed: int = 1000, progress: bool = True) -> dict:
+        lr_grid: Grid | None = None, tune_seed: int = 1000, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
     datasets, seeds, lr_grid, sweep, skipped = classification_sweep(quick, datasets, seeds, lr_grid, optimizers)
     cache = f"{out_dir}/lr_tuning_cache.json" if out_dir else None
@@ -157,11 +161,13 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
         Y = F.one_hot(data["y_tr"], data["n_classes"]).float()
         dl = choose_delta(data["x_tr"], Y)
         G = dl.pop("G")
-        bar = tqdm(total=len(opts) * (len(lr_grid) + len(seeds)), desc=f"filtering/{name}", disable=not progress)
+        bar = tqdm(total=len(opts) * (len(lr_grid.points()) + 2 + len(seeds)), desc=f"filtering/{name}",
+                   disable=not progress)
         per_opt = {}
         for spec in opts:
-            lr, scores = tune_classifier_lr(spec, data, lr_grid, steps=steps, batch=batch, seed=tune_seed,
-                                            cache_path=cache, on_step=lambda: bar.update(1))
+            tuning = tune_classifier_lr(spec, data, lr_grid, steps=steps, batch=batch, seed=tune_seed,
+                                        cache_path=cache, on_step=lambda: bar.update(1))
+            lr = tuning.lr
             hists, div = [], []
             for s in seeds:
                 probe = FilterProbe(data["x_tr"], data["y_tr"], data["n_classes"], G, every)
@@ -169,7 +175,7 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
                 hists.append(probe.history)
                 div.append(r["diverged"])
                 bar.update(1)
-            per_opt[spec_label(spec)] = {"lr": lr, "tuning_val_score": scores, "histories": hists,
+            per_opt[spec_label(spec)] = {"lr": lr, "tuning": tuning.to_dict(), "histories": hists,
                                          "diverged": div}
         bar.close()
         hi = 0.8 * math.log(data["n_classes"])
@@ -182,13 +188,13 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
             o["final"] = {k: mean_ci([h[k][-1] for h in o["histories"]]) for k in ("loss", "acc", "e_low", "e_high")}
         results[name] = {"delta": dl, "steps": steps, "batch": batch, "eval_every": every, "cyclic_period": period,
                          "loss_levels": levels, "n_train": len(data["y_tr"]), "optimizers": per_opt}
-    data_out = {"settings": {"quick": quick, "datasets": datasets, "seeds": seeds, "lr_grid": lr_grid,
+    data_out = {"settings": {"quick": quick, "datasets": datasets, "seeds": seeds, "lr_grid": grid_dict(lr_grid),
                              "tune_seed": tune_seed, "model": "MLP 2×128 ReLU", "lr_schedule": "constant",
-                             "tuning_criterion": "final validation error (10% of train), 1 seed, same budget",
+                             "tuning_criterion": TUNING_CRITERION,
                              "share_band": list(SHARE_BAND), "seconds": time.time() - t0},
                 "skipped": skipped, "results": results}
     if out_dir:
-        write_json(f"{out_dir}/filtering.json", data_out)
+        write_json_atomic(f"{out_dir}/filtering.json", data_out)
         plot(data_out, out_dir)
     return data_out
 
@@ -253,5 +259,5 @@ def plot(data: dict, out_dir: str) -> list[str]:
         axes[0][2].set_xlabel("matched training loss level")
         axes[0][2].set_ylabel("SB = (e_high − e_low)/(e_high + e_low)")
         axes[0][2].set_title("SB at matched loss (95% CI)", fontsize=8)
-        paths.append(plots.save(fig, f"{out_dir}/filtering_{name}.png"))
+        paths.append(save_figure(fig, f"{out_dir}/filtering_{name}.png"))
     return paths

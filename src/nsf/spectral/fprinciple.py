@@ -22,21 +22,28 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
+
+from nsf.experiment.models import mlp
+from nsf.experiment.stats import mean_ci
+from nsf.experiment.train import fit
+from nsf.experiment.tuner import Grid
+from nsf.experiment.util import save_figure, seed_everything, write_json_atomic
 
 from . import plots
-from ._common import (OptimizerSpec, first_index_below, log_grid, make_optimizer, mean_ci, seed_everything,
-                      spec_label, time_to_learn, tune_lr, write_json)
+from ._common import (OptimizerSpec, cycle_spec, first_index_below, grid_dict, make_optimizer, spec_label,
+                      time_to_learn, tune_lr)
 
 DEFAULT_FREQS = (1, 2, 4, 8, 16, 32)
 LOSS_LEVELS = (0.5, 0.2, 0.1, 0.05, 0.02)  # fractions of the target's mean square
 LEARN_THRESHOLD = 0.1
+#: the declared LR grids (log, in decades) searched by the tuner's "full" rule
+LR_GRID = Grid(1e-4, 100.0, 0.5)
+QUICK_LR_GRID = Grid(1e-3, 1.0, 1.0)
 
 
 def default_optimizers(period: int) -> list[str]:
-    cyc = f"cyclic(-0.25,0.25,{int(period)},cosine)"
     return ["nsf-fixed:p=-0.5", "nsf-fixed:p=-0.25", "nsf-fixed:p=0", "nsf-fixed:p=0.25", "nsf-fixed:p=0.5",
-            "adam", "sgd", f"nsf-cyclic:p={cyc}", f"nsf-cyclic-adam:p={cyc}"]
+            "adam", "sgd", cycle_spec("nsf-cyclic", period), cycle_spec("nsf-cyclic-adam", period)]
 
 
 def amplitudes(ks: Sequence[int], profile: str) -> np.ndarray:
@@ -71,50 +78,33 @@ def dft_errors(h: torch.Tensor, y: torch.Tensor, ks: Sequence[int]) -> torch.Ten
     return ((H[idx] - Y[idx]).abs() / Y[idx].abs()).float()
 
 
-def mlp(width: int = 128, depth: int = 3, act: str = "relu") -> nn.Module:
-    A = {"relu": nn.ReLU, "tanh": nn.Tanh}[act]
-    layers, d = [], 1
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), A()]
-        d = width
-    layers.append(nn.Linear(d, 1))
-    return nn.Sequential(*layers)
-
-
 def train_run(spec: OptimizerSpec, lr: float, *, ks=DEFAULT_FREQS, profile: str = "equal", n: int = 256,
               steps: int = 2000, eval_every: int = 20, seed: int = 0, width: int = 128, depth: int = 3,
               act: str = "relu", record: bool = True) -> dict:
     """Train once; return steps, loss, E (evals × K) and whether it diverged."""
     x, y, phases = make_target(n, ks, amplitudes(ks, profile), seed=seed)
     seed_everything(seed)
-    model = mlp(width, depth, act)
+    model = mlp((1,), 1, hidden=[width] * depth, act=act)
     opt = make_optimizer(spec, model.parameters(), lr=lr)
     xin = (2 * x - 1).unsqueeze(1)
     energy = float((y ** 2).mean())
     rec_steps, losses, errs = [], [], []
-    diverged = False
 
-    def evaluate(t):
-        with torch.no_grad():
-            h = model(xin).squeeze(1)
-            loss = float(((h - y) ** 2).mean())
+    @torch.no_grad()
+    def evaluate(t, model, _loss=None) -> bool:  # callback: records, and stops the run when it diverged
+        if t % eval_every and t != steps:
+            return False
+        h = model(xin).squeeze(1)
+        loss = float(((h - y) ** 2).mean())
         rec_steps.append(t)
         losses.append(loss)
         if record:
             errs.append(dft_errors(h, y, ks).tolist())
-        return loss
+        return not math.isfinite(loss) or loss > 100 * energy
 
-    evaluate(0)
-    for t in range(1, steps + 1):
-        opt.zero_grad(set_to_none=True)
-        loss = ((model(xin).squeeze(1) - y) ** 2).mean()
-        loss.backward()
-        opt.step()
-        if t % eval_every == 0 or t == steps:
-            lv = evaluate(t)
-            if not math.isfinite(lv) or lv > 100 * energy:
-                diverged = True
-                break
+    r = fit(model, opt, lambda: (xin, y), steps, loss_fn=lambda out, target: ((out.squeeze(1) - target) ** 2).mean(),
+            callbacks=[evaluate], diverged=lambda loss: False)
+    diverged = r["diverged_at"] is not None
     return {"steps": rec_steps, "loss": losses, "E": errs, "energy": energy, "diverged": diverged,
             "final_loss": losses[-1] if not diverged else float("inf"), "phases": phases.tolist()}
 
@@ -192,7 +182,7 @@ def reanalyse(data: dict) -> dict:
 
 def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = False, out_dir: str | None = None,
         seeds: Sequence[int] | None = None, profiles: Sequence[str] = ("equal", "increasing"),
-        steps: int | None = None, lr_grid: Sequence[float] | None = None, ks: Sequence[int] | None = None,
+        steps: int | None = None, lr_grid: Grid | None = None, ks: Sequence[int] | None = None,
         n: int | None = None, width: int | None = None, depth: int | None = None, eval_every: int | None = None,
         tune_seed: int = 1000, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
@@ -204,7 +194,7 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
         width, depth = width or 64, depth or 2
         eval_every = eval_every or 10
         seeds = list(seeds or [0, 1])
-        lr_grid = list(lr_grid or [1e-3, 1e-2, 1e-1, 1.0])
+        lr_grid = lr_grid or QUICK_LR_GRID
         profiles = profiles[:1]
     else:
         steps = steps or 3000
@@ -213,42 +203,44 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
         width, depth = width or 128, depth or 3
         eval_every = eval_every or 20
         seeds = list(seeds or range(5))
-        lr_grid = list(lr_grid or log_grid(1e-4, 1e2, 2))
+        lr_grid = lr_grid or LR_GRID
     period = max(10, steps // 4)
     optimizers = list(optimizers or default_optimizers(period))
     if quick and len(optimizers) > 4:
         optimizers = [optimizers[i] for i in (2, 5, 7, 8)] if len(optimizers) == 9 else optimizers[:4]
     kw = dict(ks=ks, n=n, steps=steps, eval_every=eval_every, width=width, depth=depth)
     t0 = time.time()
-    total = len(profiles) * len(optimizers) * (len(lr_grid) + len(seeds))
+    total = len(profiles) * len(optimizers) * (len(lr_grid.points()) + 2 + len(seeds))
     bar = tqdm(total=total, desc="fprinciple", disable=not progress)
     result = {}
     for prof in profiles:
         result[prof] = {}
         for spec in optimizers:
-            def tune_one(lr, spec=spec, prof=prof):
-                r = train_run(spec, lr, profile=prof, seed=tune_seed, record=False, **kw)
+            def tune_one(lr, seed, spec=spec, prof=prof):  # criterion: final training loss ("error": L/L0)
+                r = train_run(spec, lr, profile=prof, seed=seed, record=False, **kw)
                 bar.update(1)
-                return r["final_loss"]
+                return {"loss": r["final_loss"], "error": r["final_loss"] / r["energy"], "diverged": r["diverged"]}
 
-            best_lr, scores = tune_lr(tune_one, lr_grid)
+            tuning = tune_lr(tune_one, lr_grid, seed=tune_seed, criterion="loss", what=f"{prof}/{spec_label(spec)}: ")
+            best_lr = tuning.lr
             runs = []
             for s in seeds:
                 runs.append(train_run(spec, best_lr, profile=prof, seed=s, **kw))
                 bar.update(1)
-            result[prof][spec_label(spec)] = {"lr": best_lr, "tuning_final_loss": scores,
+            result[prof][spec_label(spec)] = {"lr": best_lr, "tuning": tuning.to_dict(),
                                               "runs": runs, "stats": analyse_runs(runs, ks)}
     bar.close()
     matched = {prof: matched_level(by) for prof, by in result.items()}
     data = {"matched_level": matched, "settings": {"quick": quick, "profiles": list(profiles), "ks": list(ks), "n": n, "steps": steps,
                          "eval_every": eval_every, "width": width, "depth": depth, "act": "relu",
-                         "seeds": seeds, "tune_seed": tune_seed, "lr_grid": lr_grid, "cyclic_period": period,
+                         "seeds": seeds, "tune_seed": tune_seed, "cyclic_period": period,
+                         "lr_grid": grid_dict(lr_grid),
                          "loss_levels": list(LOSS_LEVELS), "learn_threshold": LEARN_THRESHOLD,
-                         "tuning_criterion": "final training loss, 1 seed, full budget",
+                         "tuning_criterion": "final training loss, tuning seed only, full budget; the tuner's 'full' rule",
                          "optimizers": [spec_label(o) for o in optimizers], "seconds": time.time() - t0},
             "results": result}
     if out_dir:
-        write_json(f"{out_dir}/fprinciple.json", data)
+        write_json_atomic(f"{out_dir}/fprinciple.json", data)
         plot(data, out_dir)
     return data
 
@@ -323,12 +315,7 @@ def plot(data: dict, out_dir: str) -> list[str]:
             axes[j // ncol][j % ncol].axis("off")
         fig.colorbar(im, ax=axes, shrink=0.6, label="log10 E_k (mean over seeds)")
         fig.suptitle(f"per-frequency error, {prof} amplitudes", fontsize=9)
-        import matplotlib.pyplot as plt
-
-        path = f"{out_dir}/fprinciple_heatmap_{prof}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, f"{out_dir}/fprinciple_heatmap_{prof}.png", tight=False))
 
         # E_k at matched loss (three levels) and loss curves
         show = [lv for lv in ("0.5", "0.2", "0.1") if lv in by[labels[0]]["stats"]["at_loss"]]
@@ -361,5 +348,5 @@ def plot(data: dict, out_dir: str) -> list[str]:
         axes[0][-1].set_xlabel("step")
         axes[0][-1].set_ylabel("training loss / L0 (geo-mean over seeds)")
         axes[0][-1].set_title("total training loss (non-diverged runs)", fontsize=8)
-        paths.append(plots.save(fig, f"{out_dir}/fprinciple_matched_{prof}.png"))
+        paths.append(save_figure(fig, f"{out_dir}/fprinciple_matched_{prof}.png"))
     return paths

@@ -28,20 +28,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import plots
-from ._common import OptimizerSpec, make_optimizer, spec_label, write_json
+from nsf.experiment.util import save_figure, write_json_atomic
 
-DEFAULT_OPTIMIZERS = [
-    "sgd",
-    "adam",
-    "nsf-fixed:p=-0.5",
-    "nsf-fixed:p=-0.25",
-    "nsf-fixed:p=0",
-    "nsf-fixed:p=0.25",
-    "nsf-fixed:p=0.5",
-    "nsf-cyclic:p=cyclic(-0.25,0.25,2048,cosine)",
-    "nsf-cyclic-adam:p=cyclic(-0.25,0.25,2048,cosine)",
-]
+from . import plots
+from ._common import OptimizerSpec, cycle_spec, make_optimizer, spec_label
+
+FIXED = ["sgd", "adam", "nsf-fixed:p=-0.5", "nsf-fixed:p=-0.25", "nsf-fixed:p=0", "nsf-fixed:p=0.25", "nsf-fixed:p=0.5"]
+#: the default p cycle at a period of 2048 steps (quick mode: only the grafted one, at 512)
+DEFAULT_OPTIMIZERS = FIXED + [cycle_spec("nsf-cyclic", 2048), cycle_spec("nsf-cyclic-adam", 2048)]
+QUICK_OPTIMIZERS = FIXED + [cycle_spec("nsf-cyclic-adam", 512)]
 
 
 def _bin_freqs(window: int, n: int, fmin_cycles: int = 1, fmax: float = 0.45) -> list[float]:
@@ -164,10 +159,8 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
     """Gain/transfer for every optimizer; writes ``response.json`` and PNGs into ``out_dir`` if given."""
     from tqdm.auto import tqdm
 
-    optimizers = list(optimizers or DEFAULT_OPTIMIZERS)
+    optimizers = list(optimizers or (QUICK_OPTIMIZERS if quick else DEFAULT_OPTIMIZERS))
     if quick:
-        optimizers = [o for o in optimizers if "2048" not in str(o)] + (
-            ["nsf-cyclic-adam:p=cyclic(-0.25,0.25,512,cosine)"] if optimizers == DEFAULT_OPTIMIZERS else [])
         window, steps, nf, n_phases, chunk = 1024, 2048, 7, 4, 64
         ratios = [0.5, 1.0, 2.0]
         noises = list(noises if noises is not None else [0.0])
@@ -189,7 +182,7 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
                          "drift": 1e-2, "lr": 1e-3, "seed": seed, "seconds": time.time() - t0},
             "results": results, "summary": summary}
     if out_dir:
-        write_json(f"{out_dir}/response.json", data)
+        write_json_atomic(f"{out_dir}/response.json", data)
         plot(data, out_dir)
     return data
 
@@ -247,7 +240,7 @@ def plot(data: dict, out_dir: str) -> list[str]:
         ax.set_ylabel(f"gain at r = {res[labels[0]][f'noise={n:g}']['ratios'][i]:g}")
         ax.set_title(f"cross-coordinate gain, noise σ = {n:g}·d", fontsize=9)
     axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    paths.append(plots.save(fig, f"{out_dir}/response_gain_vs_f.png"))
+    paths.append(save_figure(fig, f"{out_dir}/response_gain_vs_f.png"))
     # gain vs r at high f
     fig, axes = plots.new_figure(len(noises), 1)
     for j, n in enumerate(noises):
@@ -262,7 +255,7 @@ def plot(data: dict, out_dir: str) -> list[str]:
         ax.set_ylabel("gain (mean over f above β2 window)")
         ax.set_title(f"gain vs r (dotted: ((1+r²/2+σ²)/(1+σ²))^-p), σ = {n:g}·d", fontsize=8)
     axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    paths.append(plots.save(fig, f"{out_dir}/response_gain_vs_r.png"))
+    paths.append(save_figure(fig, f"{out_dir}/response_gain_vs_r.png"))
     # single-tone transfer
     fig, axes = plots.new_figure(1, 1)
     ax = axes[0][0]
@@ -278,7 +271,7 @@ def plot(data: dict, out_dir: str) -> list[str]:
     ax.set_ylabel("transfer / transfer at lowest f")
     ax.set_title("single-tone transfer")
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    paths.append(plots.save(fig, f"{out_dir}/response_transfer.png"))
+    paths.append(save_figure(fig, f"{out_dir}/response_transfer.png"))
     # moving p: gain per chunk against the chunk's mean p
     cyc = [lab for lab in labels if "chunks" in res[lab][n0]]
     if cyc:
@@ -297,7 +290,7 @@ def plot(data: dict, out_dir: str) -> list[str]:
         ax.set_ylabel(f"gain at r = {rr:g} (f above β2 window)")
         ax.set_title("cycled p sweeps the spectral tilt", fontsize=9)
         ax.legend(fontsize=6)
-        paths.append(plots.save(fig, f"{out_dir}/response_cyclic.png"))
+        paths.append(save_figure(fig, f"{out_dir}/response_cyclic.png"))
     return paths
 
 
