@@ -128,3 +128,27 @@ def tune_classifier_lr(spec: OptimizerSpec, data: dict, grid: Grid, *, steps: in
     if cache_path:
         write_json_atomic(cache_path, cache)
     return decision
+
+
+def compare(opts: Sequence[OptimizerSpec], data: dict, make_recorder, *, steps: int, batch: int, seeds, lr_grid: Grid,
+            tune_seed: int, cache_path: str | None, desc: str, progress: bool) -> dict:
+    """Per optimizer: tune its LR on the validation split, then train every seed at that LR with a fresh
+    ``make_recorder()`` callback (anything with a ``history``).  Returns ``{label: {lr, tuning, histories,
+    diverged}}``."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(opts) * (len(lr_grid.points()) + 2 + len(seeds)), desc=desc, disable=not progress)
+    per_opt = {}
+    for spec in opts:
+        tuning = tune_classifier_lr(spec, data, lr_grid, steps=steps, batch=batch, seed=tune_seed,
+                                    cache_path=cache_path, on_step=lambda: bar.update(1))
+        hists, div = [], []
+        for s in seeds:
+            rec = make_recorder()
+            div.append(train_classifier(spec, tuning.lr, data, steps=steps, batch=batch, seed=s,
+                                        callbacks=[rec])["diverged"])
+            hists.append(rec.history)
+            bar.update(1)
+        per_opt[spec_label(spec)] = {"lr": tuning.lr, "tuning": tuning.to_dict(), "histories": hists, "diverged": div}
+    bar.close()
+    return per_opt

@@ -29,8 +29,8 @@ from nsf.experiment.tuner import Grid
 from nsf.experiment.util import save_figure, write_json_atomic
 
 from . import plots
-from ._common import OptimizerSpec, first_index_below, grid_dict, loss_levels, spec_label
-from ._train import TUNING_CRITERION, classification_sweep, train_classifier, tune_classifier_lr
+from ._common import OptimizerSpec, first_index_below, grid_dict, loss_levels
+from ._train import TUNING_CRITERION, classification_sweep, compare
 
 
 def early_dense_cadence(steps_per_epoch: int, early_epochs: int = 3, per_epoch_early: int = 8,
@@ -99,29 +99,15 @@ def accuracy_at_loss(history: dict, levels: Sequence[float]) -> dict:
 def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = False, out_dir: str | None = None,
         datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
         lr_grid: Grid | None = None, tune_seed: int = 1000, progress: bool = True) -> dict:
-    from tqdm.auto import tqdm
     datasets, seeds, lr_grid, sweep, skipped = classification_sweep(quick, datasets, seeds, lr_grid, optimizers)
     cache = f"{out_dir}/lr_tuning_cache.json" if out_dir else None
     t0 = time.time()
     results = {}
     for name, data, steps, batch, period, opts in sweep:
         spe = int(math.ceil(len(data["y_tr"]) / batch))
-        bar = tqdm(total=len(opts) * (len(lr_grid.points()) + 2 + len(seeds)), desc=f"alignment/{name}",
-                   disable=not progress)
-        per_opt = {}
-        for spec in opts:
-            tuning = tune_classifier_lr(spec, data, lr_grid, steps=steps, batch=batch, seed=tune_seed,
-                                        cache_path=cache, on_step=lambda: bar.update(1))
-            lr = tuning.lr
-            hists, div = [], []
-            for s in seeds:
-                rec = AlignmentRecorder(data["x_te"], data["y_te"], early_dense_cadence(spe))
-                r = train_classifier(spec, lr, data, steps=steps, batch=batch, seed=s, callbacks=[rec])
-                hists.append(rec.history)
-                div.append(r["diverged"])
-                bar.update(1)
-            per_opt[spec_label(spec)] = {"lr": lr, "tuning": tuning.to_dict(), "histories": hists, "diverged": div}
-        bar.close()
+        per_opt = compare(opts, data, lambda: AlignmentRecorder(data["x_te"], data["y_te"], early_dense_cadence(spe)),
+                          steps=steps, batch=batch, seeds=seeds, lr_grid=lr_grid, tune_seed=tune_seed,
+                          cache_path=cache, desc=f"alignment/{name}", progress=progress)
         # common test-loss levels: from 0.9·ln C down to the highest minimum any run reached
         levels = loss_levels([h["loss"] for o in per_opt.values() for h, d in zip(o["histories"], o["diverged"])
                               if not d], 0.9 * math.log(data["n_classes"]))
