@@ -10,9 +10,9 @@ Reads ``response.json``, ``fprinciple.json``, ``filtering.json`` and ``alignment
 * R4 ``alignment``: accuracy-at-matched-test-loss tables, Welch differences and the count of p < 0.05;
 * the wall time of each run (``/usr/bin/time -v`` output in ``RUN_DIR/<instrument>.err``, if present).
 
-"±" is the stored 95 % t half-width over seeds (``nsf.spectral._common.mean_ci``); differences are Welch
-t-intervals (95 %) of the difference of seed means, ``scipy.stats.ttest_ind(equal_var=False)``. scipy is a
-dev-only dependency used by this analysis script alone; the ``nsf`` package does not need it.
+"±" is the stored 95 % t half-width over seeds (``nsf.experiment.stats.mean_ci``); differences are Welch
+t-intervals (95 %) of the difference of seed means (``nsf.experiment.stats.welch``, the same numbers as
+``scipy.stats.ttest_ind(equal_var=False)``).
 
     python benchmarks/spectral_analysis.py --run-dir runs/spectral_final
 """
@@ -24,8 +24,8 @@ import os
 import re
 
 import numpy as np
-from scipy import stats
 
+from nsf.experiment import stats
 from nsf.spectral._common import first_index_below
 from nsf.spectral.alignment import accuracy_at_loss
 from nsf.spectral.filtering import _at_levels
@@ -59,13 +59,10 @@ def ci(c, dg=2):
 
 def welch(a, b):
     """(text, p, difference) of the Welch t-test of mean(a) − mean(b); p is None with < 2 seeds on a side."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2 or len(b) < 2:
+    t = stats.welch(a, b)
+    if t is None:
         return "n/a", None, None
-    t = stats.ttest_ind(a, b, equal_var=False)
-    lo, hi = t.confidence_interval(0.95)
-    d = a.mean() - b.mean()
-    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], p = {t.pvalue:.3f}", t.pvalue, d
+    return f"{t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}], p = {t['p']:.3f}", t["p"], t["diff"]
 
 
 def table(header, rows):

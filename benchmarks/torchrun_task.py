@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import nsf
-from nsf.bench import models as M
-from nsf.bench.runner import prepared
-from nsf.bench.tasks import get_task
+from nsf.experiment import data as D
+from nsf.experiment import models as M
+from nsf.experiment.tasks import get_task
 
 
 def batches(n_train: int, batch_size: int, steps: int, seed: int):
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     task = get_task(args.task)
     if task.batch_size % world:
         raise SystemExit(f"batch size {task.batch_size} is not divisible by {world} ranks")
-    ds = prepared(task, "test", device)
+    ds = D.prepared(task.dataset, "test", task.val_frac, device)
     in_shape = tuple(ds.x_train.shape[1:])
 
     def fresh_model():
