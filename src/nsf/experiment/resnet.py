@@ -26,16 +26,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem conv, one stage per width (the first at full resolution, each later one halving it), global
-    average pooling, linear head. ``widths=(16, 32, 64), blocks=1`` is a ResNet-8 (≈ 78 k parameters)."""
+    """Stem conv, one stage per width (the first at the stem's resolution, each later one halving it), global
+    average pooling, linear head. ``widths=(16, 32, 64), blocks=1`` is a ResNet-8 (≈ 78 k parameters).
+    ``stem_stride=2`` starts at half resolution (14x14 for 28x28), about 3x cheaper per step on a CPU."""
 
     def __init__(self, in_shape: Sequence[int], n_classes: int, widths: Sequence[int] = (16, 32, 64),
-                 blocks: int = 1):
+                 blocks: int = 1, stem_stride: int = 1):
         super().__init__()
         if blocks < 1 or not widths:
             raise ValueError(f"ResNet needs blocks >= 1 and at least one width; got {blocks=}, {widths=}")
         c = in_shape[0]
-        self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
+        self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, stride=stem_stride, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU())
         layers, c = [], widths[0]
         for i, w in enumerate(widths):
@@ -50,6 +51,6 @@ class ResNet(nn.Module):
 
 
 def resnet(in_shape: Sequence[int], n_classes: int, widths: Sequence[int] = (16, 32, 64),
-           blocks: int = 1) -> ResNet:
+           blocks: int = 1, stem_stride: int = 1) -> ResNet:
     """Builder with the same signature as the other image models (``in_shape`` = (C, H, W))."""
-    return ResNet(tuple(in_shape), n_classes, tuple(widths), blocks)
+    return ResNet(tuple(in_shape), n_classes, tuple(widths), blocks, stem_stride)
