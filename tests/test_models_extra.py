@@ -15,9 +15,11 @@ def test_resnet_shapes_and_residual_stages():
     model = resnet((1, 28, 28), 10, widths=(8, 16, 32), blocks=2)
     assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
     assert len(model.stages) == 6  # 3 widths x 2 blocks
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 1 + 6 * 2 + 2  # stem, blocks, 2 shortcuts
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert n_bn == 1 + 6 * 2 + 2  # stem, two per block, two strided shortcuts
     half = resnet((1, 28, 28), 10, widths=(8, 16, 32), stem_stride=2)
-    assert half.stem(torch.randn(2, 1, 28, 28)).shape == (2, 8, 14, 14) and half(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert half.stem(torch.randn(2, 1, 28, 28)).shape == (2, 8, 14, 14)
+    assert half(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(ValueError):
         resnet((1, 28, 28), 10, blocks=0)
 

@@ -36,8 +36,8 @@ class ResNet(nn.Module):
         if blocks < 1 or not widths:
             raise ValueError(f"ResNet needs blocks >= 1 and at least one width; got {blocks=}, {widths=}")
         c = in_shape[0]
-        self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, stride=stem_stride, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(c, widths[0], 3, stride=stem_stride, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers, c = [], widths[0]
         for i, w in enumerate(widths):
             for j in range(blocks):
