@@ -18,7 +18,7 @@ def params():
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_name_builds_and_steps(name):
     ps = params()
-    opt = create_optimizer(name, ps)
+    opt = create_optimizer(name, ps, **({"total_steps": 10} if name == "fsgdm" else {}))
     ps[0].grad = torch.ones(3)
     opt.step()
     assert not torch.equal(ps[0].detach(), torch.zeros(3))

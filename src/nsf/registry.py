@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from . import schedules
-from .optim import NSF
+from .optim import FSGDM, NSF
 from .optim.defaults import DEFAULT_P
 
 __all__ = ["OPTIMIZERS", "create_optimizer", "parse_spec", "spec_to_str"]
@@ -34,6 +34,8 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], dict[str, Any]
     "nsf-cyclic": (NSF, {"lr": 1e-2, "p": _CYCLE, "scale": "raw"}),
     "nsf-cyclic-sgd": (NSF, {"lr": 1e-2, "p": _CYCLE, "scale": "sgd"}),
     "nsf-cyclic-adam": (NSF, {"lr": 1e-3, "p": _CYCLE, "scale": "adam"}),
+    # FSGDM (arXiv 2411.19671), the frequency-domain peer; needs total_steps=T. lr: SGD-M's, as the paper does.
+    "fsgdm": (FSGDM, {"lr": 0.05}),
 }
 
 
