@@ -340,7 +340,10 @@ class HyperparamScheduler:
     compiled step sees the new value without recompiling. ``schedule`` may be one schedule or one per group.
     Several schedulers on different keys of one optimizer chain without interfering.
 
-    Driving ``"p"`` of an ``nsf.NSF`` turns off that group's own p schedule (the scheduler owns the key).
+    An optimizer may define ``hyperparam_scheduled(key)``, called once the scheduler takes ``key`` over:
+    ``nsf.NSF`` uses it to turn its groups' own p schedules off when a scheduler drives ``"p"``. Every value
+    written to ``lr``, ``beta1``, ``beta2``, ``eps``, ``weight_decay`` or ``momentum`` is checked against the
+    range torch's optimizers accept (the whole range of a schedule up front, a plain callable at each step).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, key: str, schedule: Any, last_step: int = -1):
@@ -355,11 +358,12 @@ class HyperparamScheduler:
             self.schedules = [as_schedule(schedule)] * len(groups)
         for group in groups:
             self._read(group)  # fail now, not at the first step, on a key the groups lack
-            if key == "p" and "p_schedule" in group:
-                group["p_schedule"] = None
         for sched in self.schedules:  # fail now on a schedule that would leave the key's valid range
             for value in _extremes(sched):
                 self._check(value, f"{sched!r} reaches {value}")
+        hook = getattr(optimizer, "hyperparam_scheduled", None)
+        if callable(hook):  # e.g. NSF: its own p schedule stops when a scheduler drives "p"
+            hook(key)
         self.last_step = last_step
         self.step()
 

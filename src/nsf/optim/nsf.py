@@ -19,11 +19,10 @@ from . import _fused
 from ._foreach import _is_dtensor, _multi_tensor_nsf
 from ._fused import _fused_nsf
 from ._reference import _single_tensor_nsf
+from ._options import SCALES, as_state_dtype, check_loadable, checked_options, state_dtype_for
 from .defaults import DEFAULT_LR, DEFAULT_P, DEFAULT_SCALE  # defined once, imported everywhere
 
 __all__ = ["NSF", "nsf", "SCALES"]
-
-SCALES = ("raw", "sgd", "adam")
 
 _CALLABLE = "callable"  # group["p_schedule"] marker: the schedule is a plain callable held by the optimizer
 
@@ -97,22 +96,21 @@ class NSF(Optimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | str | None = None,
     ) -> None:
-        defaults = dict(
+        defaults = checked_options(dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, p=p, scale=scale, amsgrad=amsgrad,
             decoupled_weight_decay=decoupled_weight_decay, foreach=foreach, maximize=maximize,
-            capturable=capturable, differentiable=differentiable, fused=fused,
-            state_dtype=_as_state_dtype(state_dtype),
-        )
-        _check_options(defaults)
+            capturable=capturable, differentiable=differentiable, fused=fused, state_dtype=state_dtype,
+        ))
         self._p_callables: dict[int, _schedules.Schedule] = {}  # per group index: unsaveable schedules
         self._warned_unsaved = False
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        _check_options({**self.defaults, **param_group})  # before the group is in: a bad group leaves no trace
+        # checked before the group is in (a bad group leaves no trace); the group's own numbers normalised
+        checked = checked_options({**self.defaults, **param_group})
+        param_group.update({k: checked[k] for k in param_group if k != "params"})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group["state_dtype"] = _as_state_dtype(group.get("state_dtype"))
         schedule = _schedules.as_schedule(group["p"])
         if isinstance(schedule, _schedules.Constant):
             group["p_schedule"] = None
@@ -148,6 +146,11 @@ class NSF(Optimizer):
             if "step" not in group:  # older checkpoints: recover the clock from the per-parameter counts
                 steps = [float(self.state[q]["step"]) for q in group["params"] if "step" in self.state.get(q, {})]
                 group["step"] = int(max(steps, default=0))
+            for q in group["params"]:  # plain-number step counts (older torch) become the tensors the paths use
+                q_state = self.state.get(q, {})
+                if "step" in q_state and not isinstance(q_state["step"], Tensor):
+                    q_state["step"] = torch.tensor(float(q_state["step"]), dtype=torch.float32,
+                                                   device=q.device if group["capturable"] else "cpu")
 
     def state_dict(self) -> dict[str, Any]:
         if not self._warned_unsaved and any(g["p_schedule"] == _CALLABLE for g in self.param_groups):
@@ -158,6 +161,15 @@ class NSF(Optimizer):
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, refusing up front a state dict from another optimizer, or one whose p followed a plain
+        callable this optimizer was not given (p would silently stop moving)."""
+        check_loadable(state_dict)
+        for index, saved in enumerate(state_dict["param_groups"]):
+            if saved.get("p_schedule") == _CALLABLE and index not in self._p_callables:
+                raise ValueError(
+                    f"NSF.load_state_dict: param group {index}'s p followed a plain callable, which is not saved; "
+                    "build the optimizer with the same p=callable before loading (or set that group's "
+                    "'p_schedule' to None in the state dict to hold p at its saved value)")
         super().load_state_dict(state_dict)
         # torch casts floating state to the parameter's dtype; moments kept in another dtype (state_dtype) are
         # restored from the saved tensors, so a bf16 model's float32 moments come back without a bf16 round trip
@@ -171,7 +183,14 @@ class NSF(Optimizer):
                     value = saved_param_state.get(key)
                     if isinstance(value, Tensor) and param.is_floating_point():
                         self.state[param][key] = value.to(
-                            device=param.device, dtype=_state_dtype_for(param, group["state_dtype"]), copy=True)
+                            device=param.device, dtype=state_dtype_for(param, group["state_dtype"]), copy=True)
+
+    def hyperparam_scheduled(self, key: str) -> None:
+        """Called by ``nsf.HyperparamScheduler`` when it takes over ``key``: for ``"p"``, every group's own p
+        schedule stops (the scheduler now writes ``group["p"]``)."""
+        if key == "p":
+            for group in self.param_groups:
+                group["p_schedule"] = None
 
     def _schedule_from(self, index: int, description: dict) -> _schedules.Schedule:
         """``from_dict``, remembered per group while the description stays the same (it is rebuilt each step
@@ -215,7 +234,7 @@ class NSF(Optimizer):
                     if group["capturable"]
                     else torch.tensor(0.0, dtype=torch.float32)
                 )
-                sdtype = _state_dtype_for(param, group["state_dtype"])
+                sdtype = state_dtype_for(param, group["state_dtype"])
                 state["exp_avg"] = torch.zeros_like(param, dtype=sdtype, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, dtype=sdtype, memory_format=torch.preserve_format)
                 if group["amsgrad"]:
@@ -247,80 +266,22 @@ class NSF(Optimizer):
                 group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
             if not params:
                 continue  # a group with no gradients takes no step and its p clock stands still
+            if group["scale"] not in SCALES:  # a hand-set scale is not silently taken as another
+                raise ValueError(f"Invalid scale: {group['scale']!r}; expected one of {', '.join(SCALES)}")
             self._advance_p(index, group)
             beta1, beta2 = group["betas"]
+            lr = group["lr"]
+            if isinstance(lr, Tensor) and lr.dim() != 0:  # a one-element lr of any shape, as torch's Adam
+                lr = lr.squeeze()
             nsf(
                 params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                p=group["p"], lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                p=group["p"], lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
                 weight_decay=group["weight_decay"], scale=group["scale"], amsgrad=group["amsgrad"],
                 decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"],
                 foreach=group["foreach"], capturable=group["capturable"],
                 differentiable=group["differentiable"], has_complex=has_complex, fused=group["fused"],
             )
         return loss
-
-
-def _check_options(o: dict[str, Any]) -> None:
-    lr = o["lr"]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Invalid lr: a tensor lr must have one element, got shape {tuple(lr.shape)}")
-        lr_value = lr.item()
-    else:
-        lr_value = lr
-    if not isinstance(lr_value, (int, float)) or not 0.0 <= lr_value < float("inf"):
-        raise ValueError(f"Invalid lr (learning rate): {lr!r}; it must be a finite number >= 0")
-    betas = o["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
-    for i, b in enumerate(betas):
-        if not 0.0 <= float(b) < 1.0:
-            raise ValueError(f"Invalid betas[{i}]: {b}; it must lie in [0, 1)")
-    if not (isinstance(o["eps"], (int, float)) and 0.0 < o["eps"] < float("inf")):
-        raise ValueError(f"Invalid eps: {o['eps']!r}; it must be a finite number > 0")
-    if not (isinstance(o["weight_decay"], (int, float)) and 0.0 <= o["weight_decay"] < float("inf")):
-        raise ValueError(f"Invalid weight_decay: {o['weight_decay']!r}; it must be a finite number >= 0")
-    if o["foreach"] and o["differentiable"]:
-        raise ValueError("foreach=True does not support differentiable=True; use foreach=False")
-    if o.get("fused"):
-        if o["foreach"]:
-            raise ValueError("fused=True and foreach=True are exclusive; choose one")
-        if o["differentiable"]:
-            raise ValueError("fused=True does not support differentiable=True; use fused=False")
-        if o["capturable"]:
-            raise ValueError("fused=True does not support capturable=True (it reads step counts on the host)")
-    _as_state_dtype(o.get("state_dtype"))
-    if o["scale"] not in SCALES:
-        raise ValueError(f"Invalid scale: {o['scale']!r}; expected one of {', '.join(SCALES)}")
-    try:
-        _schedules.as_schedule(o["p"])(0)
-    except ValueError as e:
-        raise ValueError(f"Invalid p: {e}") from None
-
-
-_STATE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}
-
-
-def _as_state_dtype(value: Any) -> torch.dtype | None:
-    """None (the parameter's dtype) or a floating torch dtype; strings such as ``"float32"`` are accepted."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        key = value.removeprefix("torch.")
-        if key not in _STATE_DTYPES:
-            raise ValueError(f"Invalid state_dtype: {value!r}; expected one of {', '.join(_STATE_DTYPES)} or None")
-        return _STATE_DTYPES[key]
-    if isinstance(value, torch.dtype) and value in _STATE_DTYPES.values():
-        return value
-    raise ValueError(f"Invalid state_dtype: {value!r}; expected a floating torch dtype, its name, or None")
-
-
-def _state_dtype_for(param: Tensor, state_dtype: torch.dtype | None) -> torch.dtype:
-    """The dtype of m and v: ``state_dtype`` for real floating parameters, else the parameter's own."""
-    if state_dtype is None or not param.is_floating_point():
-        return param.dtype
-    return state_dtype
 
 
 def _use_fused(params: list[Tensor], fused: bool | None, foreach: bool | None, differentiable: bool,
