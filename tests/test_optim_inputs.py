@@ -221,11 +221,9 @@ def copy_of(sd):
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
-@pytest.mark.parametrize("capturable", [False, True])
+@pytest.mark.parametrize("path, capturable", [("single", False), ("foreach", False), ("fused", False),
+                                             ("single", True), ("foreach", True)])  # fused is never capturable
 def test_plain_number_step_counts_load_as_tensors_and_continue_bit_exactly(path, capturable):
-    if capturable and path == "fused":
-        pytest.skip("fused=True does not take capturable=True")
     shapes = [(4, 3), (3,)]
     grads = _grads(shapes, 8)
     kw = dict(lr=0.01, p=Cyclic(-0.25, 0.5, 3), scale="adam", capturable=capturable, **PATHS[path])
@@ -345,3 +343,41 @@ def test_scheduler_hands_p_over_through_the_optimizers_hook():
     w.grad = torch.ones(3)
     opt.step()
     assert float(opt.param_groups[0]["p"]) == 0.3
+
+
+def test_an_adam_state_dict_loads_as_what_it_is_p_half_raw():
+    """Adam is NSF at p = ½, raw: its checkpoint loads and continues as Adam (to float64 rounding)."""
+    shapes = [(4, 3), (3,)]
+    grads = _grads(shapes, 6)
+    a = _params(shapes)
+    adam = torch.optim.Adam(a, lr=0.01, foreach=False)
+    _run(a, adam, grads[:3])
+    b = [nn.Parameter(q.detach().clone()) for q in a]
+    opt = NSF(b, p=Cyclic(-0.25, 0.25, 4))
+    opt.load_state_dict(copy_of(adam.state_dict()))
+    assert float(opt.param_groups[0]["p"]) == 0.5 and opt.param_groups[0]["scale"] == "raw"
+    _assert_updates_close(_run(a, adam, grads[3:]), _run(b, opt, grads[3:]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("first, second", [("fused", "fused"), ("fused", "foreach"), ("foreach", "fused")])
+def test_resuming_a_fused_optimizer_continues_the_run(first, second):
+    """Save after 4 steps on one path, load into a fresh optimizer on another, take 4 more: the updates equal
+    an uninterrupted run's (bit for bit on the same path; to float64 rounding across paths)."""
+    shapes = [(6, 5), (5,)]
+    grads = _grads(shapes, 8)
+    kw = dict(lr=0.01, p=Cyclic(-0.25, 0.5, 3), scale="adam", weight_decay=0.01)
+    ref_params = _params(shapes)
+    ref = _run(ref_params, NSF(ref_params, **kw, **PATHS[second]), grads)
+    params = _params(shapes)
+    opt = NSF(params, **kw, **PATHS[first])
+    _run(params, opt, grads[:4])
+    sd = copy_of(opt.state_dict())
+    resumed = [nn.Parameter(q.detach().clone()) for q in params]
+    opt2 = NSF(resumed, lr=0.5, p=0.0, scale="raw", **PATHS[second])  # everything must come from the checkpoint
+    opt2.load_state_dict(sd)
+    for group in opt2.param_groups:  # the path is this optimizer's choice, not the checkpoint's
+        group.update(foreach=None, fused=None)
+        group.update(PATHS[second])
+    got = _run(resumed, opt2, grads[4:])
+    assert all(float(opt2.state[q]["step"]) == 8 for q in resumed)
+    _assert_updates_close(ref[4:], got, rtol=0 if first == second else 1e-10)

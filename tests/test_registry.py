@@ -161,3 +161,8 @@ def test_cycles_per_run_in_the_spec_language():
     assert [got(s) for s in range(400)] == [want(s) for s in range(400)]
     # total_steps leaves a spec without per-run cycles alone
     assert create_optimizer("adam", params(), total_steps=200).param_groups[0]["lr"] == 1e-3
+
+
+def test_a_plain_callable_p_cannot_be_part_of_a_spec():
+    with pytest.raises(ValueError, match="plain-callable"):
+        parse_spec({"name": "nsf", "p": lambda step: 0.1})

@@ -98,10 +98,11 @@ def _schedule_call(text: str) -> dict[str, Any] | None:
 
 def _schedule(key: str, value: Any) -> Any:
     """A number or a canonical schedule description; a per-run cycle is checked and kept without its length."""
-    if isinstance(value, schedules.Schedule):
-        value = value.to_dict()
-        if value is None:
+    if callable(value) and not isinstance(value, torch.Tensor):  # a Schedule, or a plain f(step)
+        description = value.to_dict() if isinstance(value, schedules.Schedule) else None
+        if description is None:
             raise ValueError(f"{key}: a plain-callable schedule cannot be part of a spec")
+        value = description
     if isinstance(value, dict):
         unresolved = "cycles" in value and "total_steps" not in value
         d = schedules.from_dict(schedules.per_run(value, 1_000_000 if unresolved else None)).to_dict()

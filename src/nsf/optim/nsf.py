@@ -42,21 +42,29 @@ class NSF(Optimizer):
     ``scale`` sets the step length: ``"raw"`` (the paper's form, :math:`\theta \mathrel{-}= \eta d`; the step
     scales like :math:`|g|^{1-2p}`, so cycling p also cycles the effective learning rate), or the grafted modes
     ``"sgd"`` / ``"adam"`` which keep, per tensor, the length of the ``p = 0`` / Adam step and let ``p`` choose
-    only the direction.
+    only the direction. The defaults (``scale="adam"``, ``lr=1e-3``) make ``NSF(params)`` a drop-in for
+    ``torch.optim.Adam(params)``: the same step length, with p turning its direction.
+
+    Numbers are taken as torch's optimizers take them (Python, numpy or one-element tensor scalars); flags must
+    be booleans; a bad option raises a ValueError naming it (see docs/optimizer.md for the full table).
 
     Args:
         params: iterable of parameters or param groups (each group may set any option below, ``p`` included).
-        lr: learning rate (float or 0-dim tensor).
-        betas: EMA coefficients of the first and second moments.
+        lr: learning rate: a number, or a one-element tensor of any shape (kept, so it can be driven in place;
+            squeezed at each step as torch's Adam does). With the default ``scale="adam"`` it is Adam's lr.
+        betas: EMA coefficients of the first and second moments (numbers; tensors are refused: drive them with
+            ``nsf.HyperparamScheduler``).
         eps: added to :math:`\hat v^p` for ``p > 0`` (and to :math:`\sqrt{\hat v}` in the ``"adam"`` graft).
         weight_decay: L2 coefficient λ; coupled (``g += λθ``) unless ``decoupled_weight_decay``.
         p: the exponent: a float, a 0-dim tensor, an ``nsf.schedules`` schedule, its dict, or a plain
             ``f(step) -> float`` (works, but is not saved in ``state_dict``). ``group["p"]`` is a 0-dim float64
             tensor holding the value used by the latest step, updated in place, so ``torch.compile`` does not
             recompile as p moves. A fixed p leaves ``group["p"]`` alone, so it can be driven from outside
-            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). Provisional default: cosine cycle 0.25…0.5
-            over 1000 steps.
-        scale: ``"raw"``, ``"sgd"`` or ``"adam"``.
+            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). Provisional default: a cosine cycle between
+            −¼ and +¼ over 1000 steps; for cycles that complete in your run, state it per run:
+            ``Cyclic(-0.25, 0.25, cycles=k, total_steps=T, shape="cosine")``.
+        scale: ``"raw"``, ``"sgd"`` or ``"adam"`` (default). Complex parameters are, like in Adam, their real
+            and imaginary parts as independent coordinates, and one tensor for the grafted norms.
         amsgrad: keep the running max of v and use it for :math:`\hat v` (with fixed ``p`` this is Padam).
         decoupled_weight_decay: ``θ ← θ(1 − ηλ)`` as in AdamW.
         foreach: use the ``torch._foreach_*`` path (default: yes, unless ``differentiable``; under
