@@ -381,3 +381,22 @@ def test_resuming_a_fused_optimizer_continues_the_run(first, second):
     got = _run(resumed, opt2, grads[4:])
     assert all(float(opt2.state[q]["step"]) == 8 for q in resumed)
     _assert_updates_close(ref[4:], got, rtol=0 if first == second else 1e-10)
+
+
+def test_cycles_per_run_are_saved_in_the_state_dict_and_resume():
+    schedule = Cyclic(-0.25, 0.25, cycles=3, total_steps=12, shape="cosine")
+    shapes = [(4,)]
+    grads = _grads(shapes, 12)
+    ref_params = _params(shapes)
+    ref_opt = NSF(ref_params, p=schedule)
+    ref = _run(ref_params, ref_opt, grads)
+    params = _params(shapes)
+    opt = NSF(params, p=schedule)
+    _run(params, opt, grads[:5])
+    sd = copy_of(opt.state_dict())  # weights_only=True
+    assert sd["param_groups"][0]["p_schedule"] == schedule.to_dict()
+    assert {"cycles", "total_steps"} <= set(sd["param_groups"][0]["p_schedule"])
+    fresh = NSF(params)
+    fresh.load_state_dict(sd)
+    _assert_updates_close(ref[5:], _run(params, fresh, grads[5:]), rtol=0)
+    assert float(fresh.param_groups[0]["p"]) == schedule(11) == float(ref_opt.param_groups[0]["p"])

@@ -187,3 +187,13 @@ def test_scheduler_checks_callable_values_as_it_runs_and_writes_nothing_bad():
     with pytest.raises(ValueError, match="beta2 must be in .*gives 1.0 at step 2"):
         sched.step()
     assert opt.param_groups[0]["betas"][1] == 0.9 and sched.last_step == 1
+
+
+def test_scheduler_load_state_dict_checks_the_loaded_schedules():
+    opt = _adam_like()
+    sched = S.HyperparamScheduler(opt, "beta2", S.Constant(0.99))
+    sd = sched.state_dict()
+    sd["schedules"] = [S.Anneal(0.99, 1.0, 10).to_dict()]
+    with pytest.raises(ValueError, match="beta2 must be in"):
+        sched.load_state_dict(sd)
+    assert sched.schedules == [S.Constant(0.99)] and opt.param_groups[0]["betas"][1] == 0.99

@@ -414,7 +414,10 @@ class HyperparamScheduler:
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict["key"] != self.key:
             raise ValueError(f"state dict drives {state_dict['key']!r}, this scheduler drives {self.key!r}")
-        self.schedules = [from_dict(d) if d is not None else s
-                          for d, s in zip(state_dict["schedules"], self.schedules)]
+        schedules = [from_dict(d) if d is not None else s for d, s in zip(state_dict["schedules"], self.schedules)]
+        for sched in schedules:
+            for value in _extremes(sched):
+                self._check(value, f"the loaded {sched!r} reaches {value}")
+        self.schedules = schedules
         self.last_step = state_dict["last_step"] - 1
         self.step()
