@@ -19,7 +19,7 @@ from . import _fused
 from ._foreach import _is_dtensor, _multi_tensor_nsf
 from ._fused import _fused_nsf
 from ._reference import _single_tensor_nsf
-from ._options import SCALES, as_state_dtype, check_loadable, checked_options, state_dtype_for
+from ._options import SCALES, check_loadable, checked_options, state_dtype_for
 from .defaults import DEFAULT_LR, DEFAULT_P, DEFAULT_SCALE  # defined once, imported everywhere
 
 __all__ = ["NSF", "nsf", "SCALES"]
