@@ -159,13 +159,14 @@ def test_bad_inputs_raise_a_value_error_naming_the_option(options, name):
 
 
 def test_a_hand_set_unknown_scale_is_refused_at_the_step():
-    w = nn.Parameter(torch.ones(3))
-    opt = NSF([w])
-    opt.param_groups[0]["scale"] = "adma"
-    w.grad = torch.ones(3)
+    w, v = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
+    opt = NSF([{"params": [w]}, {"params": [v]}])
+    opt.param_groups[1]["scale"] = "adma"
+    w.grad, v.grad = torch.ones(3), torch.ones(3)
     with pytest.raises(ValueError, match="scale.*adma"):
         opt.step()
-    assert torch.equal(w.detach(), torch.ones(3))
+    assert torch.equal(w.detach(), torch.ones(3)) and torch.equal(v.detach(), torch.ones(3))  # nothing moved
+    assert not opt.state and opt.param_groups[0]["step"] == 0
 
 
 # ----------------------------------------------------------------------------------------------------------

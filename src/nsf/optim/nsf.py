@@ -263,6 +263,9 @@ class NSF(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        for group in self.param_groups:  # a hand-set scale is not silently taken as another; nothing moves
+            if group["scale"] not in SCALES:
+                raise ValueError(f"Invalid scale: {group['scale']!r}; expected one of {', '.join(SCALES)}")
         for index, group in enumerate(self.param_groups):
             params: list[Tensor] = []
             grads: list[Tensor] = []
@@ -274,8 +277,6 @@ class NSF(Optimizer):
                 group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
             if not params:
                 continue  # a group with no gradients takes no step and its p clock stands still
-            if group["scale"] not in SCALES:  # a hand-set scale is not silently taken as another
-                raise ValueError(f"Invalid scale: {group['scale']!r}; expected one of {', '.join(SCALES)}")
             self._advance_p(index, group)
             beta1, beta2 = group["betas"]
             lr = group["lr"]
