@@ -319,13 +319,25 @@ def standardize(ds: Dataset) -> Dataset:
                    ds.n_classes, ds.kind, ds.meta)
 
 
-def prepare(ds: Dataset, split: str = "test", val_frac: float = 0.1, seed: int = 0) -> Dataset:
+def prepare(ds: Dataset, split: str = "test", val_frac: float = 0.1, seed: int = 0,
+            train_subset: int | None = None) -> Dataset:
     """Training part (train minus validation) + the evaluation set ``split`` ("val" or "test"), standardised with
-    statistics of the training part only.  Both splits share the same training part and statistics."""
+    statistics of the training part only.  Both splits share the same training part and statistics.
+
+    ``train_subset=n`` keeps a fixed seeded subset of n training rows, drawn *after* the validation split is
+    carved from the full training set (so the validation rows never depend on n); the evaluation set is whole.
+    """
     if split not in ("val", "test"):
         raise ValueError("split must be 'val' or 'test'")
+    if ds.kind == "text" and train_subset:
+        raise ValueError("train_subset applies to classification data, not to text")
     tr_test, tr_val = split_train_val(ds, val_frac, seed=seed)
-    return standardize(tr_val if split == "val" else tr_test)
+    out = tr_val if split == "val" else tr_test
+    if train_subset:
+        if not 0 < train_subset <= len(out.y_train):
+            raise ValueError(f"train_subset={train_subset} must be in [1, {len(out.y_train)}]")
+        out = subset(out, train_subset, len(out.y_test))
+    return standardize(out)
 
 
 def subset(ds: Dataset, n_train: int, n_test: int, seed: int = 1234) -> Dataset:
@@ -350,11 +362,12 @@ def load(name: str, root: str | None = None) -> Dataset:
 _PREPARED: dict = {}
 
 
-def prepared(name: str, split: str, val_frac: float = 0.1, device="cpu", root: str | None = None) -> Dataset:
+def prepared(name: str, split: str, val_frac: float = 0.1, device="cpu", root: str | None = None,
+             train_subset: int | None = None) -> Dataset:
     """:func:`prepare` of a named dataset on ``device``, cached (a sweep trains many runs on the same data)."""
-    key = (name, val_frac, split, str(device), root)
+    key = (name, val_frac, split, str(device), root, train_subset)
     if key not in _PREPARED:
         if len(_PREPARED) >= 4:
             _PREPARED.clear()
-        _PREPARED[key] = prepare(load(name, root), split, val_frac).to(device)
+        _PREPARED[key] = prepare(load(name, root), split, val_frac, train_subset=train_subset).to(device)
     return _PREPARED[key]

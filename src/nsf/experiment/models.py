@@ -5,6 +5,9 @@ import math
 
 import torch.nn as nn
 
+from .charlm import CharTransformer
+from .resnet import resnet
+
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -54,11 +57,13 @@ class CharGRU(nn.Module):
         return self.out(self.rnn(self.emb(x))[0])
 
 
-MODELS = {"mlp": mlp, "cnn1d": cnn1d, "cnn2d": cnn2d}
+MODELS = {"mlp": mlp, "cnn1d": cnn1d, "cnn2d": cnn2d, "resnet": resnet}
+TEXT_MODELS = {"chargru": CharGRU, "charlm": CharTransformer}  # built from the vocabulary size
 
 
 def build(kind: str, in_shape, n_classes, **kw) -> nn.Module:
-    """Model ``kind`` ("mlp", "cnn1d", "cnn2d", "chargru") for inputs of ``in_shape`` (ignored for text)."""
-    if kind == "chargru":
-        return CharGRU(n_classes, **kw)
+    """Model ``kind`` (a key of :data:`MODELS` or :data:`TEXT_MODELS`) for inputs of ``in_shape`` (ignored for
+    text, where ``n_classes`` is the vocabulary size)."""
+    if kind in TEXT_MODELS:
+        return TEXT_MODELS[kind](n_classes, **kw)
     return MODELS[kind](tuple(in_shape), n_classes, **kw)

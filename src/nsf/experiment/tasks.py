@@ -2,7 +2,8 @@
 
 Every optimizer in a comparison gets the same task, hence the same LR *shape* (linear warm-up then cosine
 decay to zero); only the base LR differs (tuned per optimizer on the validation split).  A budget fraction
-``f`` compresses the whole run (steps, LR schedule and evaluation grid) to ``f`` of the full number of steps.
+``f`` compresses the whole run (steps, LR schedule, p cycles stated per run and evaluation grid) to ``f`` of the
+full number of steps.
 """
 from __future__ import annotations
 
@@ -25,16 +26,27 @@ class Task:
     evals_per_epoch: int = 1           # cadence afterwards
     steps_per_epoch: int | None = None  # text tasks: nominal epoch length (steps)
     seq_len: int = 64                  # text tasks
-    eval_windows: int = 128            # text tasks: number of evaluation windows
+    eval_windows: int = 128            # text tasks: number of evaluation windows (validation split)
+    # Optional fields, left out of ``to_dict`` while None so that older tasks keep their run ids.
+    test_windows: int | None = None    # text tasks: evaluation windows on the test split (default eval_windows)
+    train_subset: int | None = None    # a fixed seeded subset of the training rows (after the validation carve)
+    augment: dict | None = None        # kwargs of augment.random_crop, applied to training batches only
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if not (k in _OPTIONAL and v is None)}
+
+    def windows(self, split: str) -> int:
+        """Number of evaluation windows of a text task on ``split`` ("val" or "test")."""
+        return self.test_windows if split == "test" and self.test_windows else self.eval_windows
 
     def total_steps(self, n_train: int, budget: float = 1.0) -> int:
         return max(1, int(round(self.epochs * self.epoch_steps(n_train) * budget)))
 
     def epoch_steps(self, n_train: int) -> int:
         return self.steps_per_epoch or max(1, n_train // self.batch_size)
+
+
+_OPTIONAL = ("test_windows", "train_subset", "augment")
 
 
 def lr_lambda(total_steps: int, warmup: float):
@@ -86,6 +98,15 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("shakespeare-gru", "shakespeare", "chargru", epochs=5, batch_size=32, steps_per_epoch=50,
          model_kw={"emb": 32, "hidden": 128}, seq_len=64, eval_windows=128, early_evals_per_epoch=2,
          early_epochs=1),
+    # The paper's regime at CPU size (issue #9, stage 2): a residual CNN with batch norm and random-crop
+    # augmentation on 12 800 Fashion-MNIST training images (validation: 10 % of the full training set, carved
+    # first; test: the full 10 000), and a pre-LN decoder-only character transformer on Shakespeare.
+    Task("fashion-resnet", "fashion-mnist", "resnet", epochs=5, batch_size=128, train_subset=12800,
+         model_kw={"widths": [8, 16, 32], "blocks": 1, "stem_stride": 2}, augment={"pad": 2},
+         early_evals_per_epoch=4, early_epochs=1),
+    Task("shakespeare-charlm", "shakespeare", "charlm", epochs=6, batch_size=32, steps_per_epoch=100,
+         model_kw={"d_model": 64, "n_layers": 2, "n_heads": 4, "context": 64}, seq_len=64, eval_windows=128,
+         test_windows=256, early_evals_per_epoch=4, early_epochs=1),
     # Tiny variants for the smoke / quick suites and the tests.
     Task("digits-mlp-tiny", "digits", "mlp", epochs=3, batch_size=64, model_kw={"hidden": [32]},
          early_evals_per_epoch=2, early_epochs=1),
@@ -95,6 +116,12 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("shakespeare-gru-short", "shakespeare", "chargru", epochs=3, batch_size=32, steps_per_epoch=40,
          model_kw={"emb": 32, "hidden": 96}, seq_len=48, eval_windows=64, early_evals_per_epoch=2,
          early_epochs=1),
+    Task("fashion-resnet-short", "fashion-mnist", "resnet", epochs=1, batch_size=32, train_subset=256,
+         model_kw={"widths": [4, 8], "blocks": 1, "stem_stride": 2}, augment={"pad": 2}, early_evals_per_epoch=2,
+         early_epochs=1),
+    Task("shakespeare-charlm-short", "shakespeare", "charlm", epochs=2, batch_size=8, steps_per_epoch=4,
+         model_kw={"d_model": 16, "n_layers": 1, "n_heads": 2, "context": 32}, seq_len=32, eval_windows=16,
+         test_windows=32, early_evals_per_epoch=2, early_epochs=1),
 ]}
 
 

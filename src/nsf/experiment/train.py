@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from . import models as M
+from .augment import random_crop
 from .metrics import ece
 from .tasks import Task, eval_steps, lr_lambda
 
@@ -80,10 +82,19 @@ def window_batches(tokens: torch.Tensor, batch: int, seq_len: int, gen: torch.Ge
     return next_batch
 
 
+def augmented(batches: Callable[[], tuple], gen: torch.Generator, **crop):
+    """``batches`` with :func:`~nsf.experiment.augment.random_crop` (kwargs ``crop``) applied to each batch's
+    inputs, the shifts drawn from ``gen``."""
+    def next_batch():
+        xb, yb = batches()
+        return random_crop(xb, generator=gen, **crop), yb
+    return next_batch
+
+
 @torch.no_grad()
 def evaluate(model, ds: D.Dataset, task: Task, full: bool = False) -> dict:
-    """Loss and accuracy on the evaluation set of ``ds`` (text: ``task.eval_windows`` fixed windows); with
-    ``full`` also ECE and mean confidence."""
+    """Loss and accuracy on the evaluation set of ``ds`` (text: ``task.eval_windows`` fixed windows, evenly
+    spaced); with ``full`` also ECE and mean confidence."""
     model.eval()
     tot_loss, correct, n = 0.0, 0, 0
     conf_all, corr_all = [], []
@@ -153,7 +164,9 @@ def run_config(config: dict, *, device="cpu", data_root: str | None = None, prog
 
     device = torch.device(device)
     task = Task(**config["task_def"])
-    ds = D.prepared(task.dataset, config["split"], task.val_frac, device, data_root)
+    ds = D.prepared(task.dataset, config["split"], task.val_frac, device, data_root, task.train_subset)
+    if ds.kind == "text":  # the evaluation windows of this split
+        task = replace(task, eval_windows=task.windows(config["split"]))
     seed = config["seed"]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 7919)
@@ -163,10 +176,12 @@ def run_config(config: dict, *, device="cpu", data_root: str | None = None, prog
     else:
         n_train, in_shape = len(ds.y_train), tuple(ds.x_train.shape[1:])
         batches = shuffled_batches(ds.x_train, ds.y_train, task.batch_size, gen)
+    if task.augment:  # its own generator: every optimizer of a seed sees the same augmented batches
+        batches = augmented(batches, torch.Generator().manual_seed(seed + 104729), **task.augment)
     model = M.build(task.model, in_shape, ds.n_classes, **task.model_kw).to(device)
-    opt = create_optimizer(dict(config["optimizer"]), model.parameters(), lr=config["lr"])
     spe = task.epoch_steps(n_train)
-    total = task.total_steps(n_train, config["budget"])
+    total = task.total_steps(n_train, config["budget"])  # p cycles stated per run span these (compressed) steps
+    opt = create_optimizer(dict(config["optimizer"]), model.parameters(), total_steps=total, lr=config["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, task.warmup))
     rec = CurveRecorder(ds, task, opt, eval_steps(task, spe, total, config["budget"]), total, spe)
     callbacks = [rec] if progress is None else [rec, lambda s, m, l: progress(s, total) if s else None]
