@@ -77,13 +77,14 @@ def test_train_subset_is_fixed_and_drawn_after_the_validation_carve():
 
 
 def _first_batches(monkeypatch, spec, seed, task="fashion-resnet-short", n=3):
-    """The first ``n`` training batches a benchmark run of ``spec`` would see (training itself skipped)."""
+    """The first ``n`` training batches a benchmark run of ``spec`` would see (training, evaluation skipped)."""
     seen = []
 
     def fake_fit(model, opt, batches, steps, **kw):
         seen.extend(batches() for _ in range(n))
         return {"diverged_at": None, "steps_done": steps}
     monkeypatch.setattr(T, "fit", fake_fit)
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: dict.fromkeys(("loss", "acc", "ece", "mean_conf"), 0.0))
     T.run_config(make_config(task, spec, 1e-3, seed, split="val"))
     return seen
 
@@ -123,7 +124,7 @@ def test_paper_regime_short_tasks_train(name):
         out = T.run_config(make_config(name, "adam", 3e-3, 0, split="val"))
     except D.DatasetMissing as e:
         pytest.skip(str(e))
-    final, task = out["final"], TASKS[name]
+    final, curves = out["final"], out["curves"]
     assert not final["diverged"] and math.isfinite(final["loss"])
-    assert final["steps"] == out["curves"]["step"][-1] > 0
-    assert final["loss"] < math.log(95 if task.dataset == "shakespeare" else 10) + 0.5  # near or below chance
+    assert final["steps"] == curves["step"][-1] > 0
+    assert curves["train_loss"][-1] < curves["train_loss"][0]  # a handful of steps already learn something
