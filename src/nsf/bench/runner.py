@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -63,13 +64,18 @@ class RunStore:
             self._records = {}
             if self.path.exists():
                 with open(self.path, "rb") as f:
-                    for raw in f:
+                    for n, raw in enumerate(f, 1):
                         try:
                             rec = json.loads(raw.decode("utf-8"))
                         except (ValueError, UnicodeDecodeError):
-                            continue  # torn line from an interrupted write
-                        if isinstance(rec, dict) and "run_id" in rec:
-                            self._records.setdefault(rec["run_id"], rec)
+                            rec = None  # e.g. a torn line from an interrupted write
+                        if not (isinstance(rec, dict) and {"run_id", "config", "final"} <= set(rec)):
+                            print(f"warning: {self.path} line {n} is damaged and was skipped (its run, if any, "
+                                  "counts as not done)", file=sys.stderr)
+                            continue
+                        have = self._records.get(rec["run_id"])
+                        if have is None or have["final"].get("failed"):  # a failed run retried later
+                            self._records[rec["run_id"]] = rec
         return self._records
 
     def __contains__(self, rid: str) -> bool:
