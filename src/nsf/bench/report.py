@@ -201,7 +201,7 @@ def render(dec: Decided, an: dict, files: dict, img_prefix: str = "", notes: str
     s = dec.suite
     L.append(f"# nsf bench report: suite `{s.name}`\n")
     wall = sum(r.get("wall_s") or 0.0 for r in recs)
-    vers = recs[0]["versions"] if recs else {}
+    vers = recs[0].get("versions", {}) if recs else {}
     devs = sorted({f"{r.get('device')} x{r.get('threads')} thread(s)" for r in recs})
     n_div = sum(1 for r in recs if r["final"].get("diverged"))
     n_fail = sum(1 for r in recs if failed(r))

@@ -19,6 +19,7 @@ import math
 import os
 import time
 import traceback
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -49,11 +50,14 @@ class Sweep:
     """A sweep directory: its suite (a JSON-able dict), its run store and its decisions."""
 
     def __init__(self, root, suite: dict):
-        from nsf.bench.runner import RunStore  # moves to the experiment layer with the runner
-
         self.root = Path(root)
         self.suite = suite
-        self.store = RunStore(self.root)
+
+    @cached_property
+    def store(self):
+        """The run store (created on first use: opening a sweep to check it writes nothing)."""
+        from nsf.bench.runner import RunStore  # moves to the experiment layer with the runner
+        return RunStore(self.root)
 
     @property
     def suite_file(self) -> Path:
@@ -91,6 +95,7 @@ class Sweep:
         old = cls.existing_suite(root)
         merged, grown = (suite, []) if old is None else merge(old, suite, accumulate)
         sw = cls(root, merged)
+        sw.root.mkdir(parents=True, exist_ok=True)
         _write_json(sw.suite_file, merged)
         return sw, grown
 
@@ -246,9 +251,12 @@ class PoolEngine:
     started threads).  Each worker is its own single-process pool, so a worker that dies fails exactly the run
     it held and is replaced."""
 
-    def __init__(self, workers: int, threads: int = 1, device: str = "cpu", data_root: str | None = None):
+    def __init__(self, workers: int, threads: int = 1, device: str = "cpu", data_root: str | None = None,
+                 work: Callable = make_record):
+        """``work(config, meta, device, data_root, threads) -> (record, curves)``: an importable function."""
         import multiprocessing as mp
         self.slots, self.threads, self.device, self.data_root = workers, threads, device, data_root
+        self.work = work
         methods = mp.get_all_start_methods()
         self._ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         self._pools = [self._pool() for _ in range(workers)]
@@ -261,7 +269,7 @@ class PoolEngine:
     def submit(self, config, meta):
         k = next(i for i in range(self.slots) if i not in self._busy)
         self._busy.add(k)
-        return k, self._pools[k].submit(make_record, config, meta, self.device, self.data_root, self.threads)
+        return k, self._pools[k].submit(self.work, config, meta, self.device, self.data_root, self.threads)
 
     def wait(self, handles):
         from concurrent.futures import FIRST_COMPLETED
