@@ -124,3 +124,24 @@ def test_damaged_runs_line_is_skipped_with_its_line_number(tmp_path, capsys):
     code, err = run_cli(["report", str(tmp_path)], capsys)
     assert code == 0, err
     assert "line 2 is damaged" in err and (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["filtering", "--seeds", "-1"], ["--seeds", "at least 1"]),
+    (["filtering", "--seeds", "0-4"], ["--seeds", "not an integer"]),
+    (["alignment", "--seeds", "1,-2"], ["--seeds", "non-negative"]),
+    (["response", "--threads", "0"], ["--threads"]),
+])
+def test_bad_spectrum_options(argv, words, tmp_path, capsys):
+    code, err = run_cli(["spectrum"] + argv + ["--out", str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, *words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_spectrum_out_is_a_file_and_replot_without_data(tmp_path, capsys):
+    f = tmp_path / "f"
+    f.write_text("x")
+    code, err = run_cli(["spectrum", "response", "--quick", "--out", str(f)], capsys)
+    assert_user_error(code, err, "not a directory")
+    code, err = run_cli(["spectrum", "response", "--replot", "--out", str(tmp_path)], capsys)
+    assert_user_error(code, err, "--replot", "response.json")

@@ -7,17 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+from nsf.experiment.sweep import positive_int
 
 
 def check_spec(spec: str) -> None:

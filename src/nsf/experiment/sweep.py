@@ -29,6 +29,18 @@ class UserError(ValueError):
     and exits with code 2, with no traceback."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (seeds, threads, workers): an integer >= 1."""
+    import argparse
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -264,7 +276,7 @@ class PoolEngine:
 
     def _pool(self):
         from concurrent.futures import ProcessPoolExecutor
-        return ProcessPoolExecutor(max_workers=1, mp_context=self._ctx)
+        return ProcessPoolExecutor(max_workers=1, mp_context=self._ctx, initializer=_exit_with_driver)
 
     def submit(self, config, meta):
         k = next(i for i in range(self.slots) if i not in self._busy)
@@ -295,6 +307,17 @@ class PoolEngine:
     def close(self):
         for p in self._pools:
             p.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_driver() -> None:
+    """Pool-worker initializer: end the worker when the driver ends, even by kill -9 (an orphaned worker would
+    otherwise wait for work forever)."""
+    import multiprocessing
+    import threading
+
+    driver = multiprocessing.parent_process()
+    if driver is not None:
+        threading.Thread(target=lambda: (driver.join(), os._exit(1)), daemon=True).start()
 
 
 class RayEngine:
