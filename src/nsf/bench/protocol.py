@@ -40,11 +40,14 @@ def summary(recs: list[dict]) -> dict:
 
 
 class Planner:
-    def __init__(self, suite: Suite | str, store: RunStore, retry_failed: bool = False):
+    def __init__(self, suite: Suite | str, store: RunStore, retry_failed: bool = False, data_root: str | None = None):
         """``retry_failed``: runs recorded as failed before now are planned again (once: a run that fails
-        again in this session is final, so the sweep goes on)."""
+        again in this session is final, so the sweep goes on).  ``data_root``: where user-supplied data live
+        (rule "full" reads the validation set's size for its one-sample flag)."""
         self.suite = get_suite(suite) if isinstance(suite, str) else suite
         self.store = store
+        self.data_root = data_root
+        self._resolution: dict[str, float | None] = {}
         self._by_id = store.records()
         self._stale = {rid: r for rid, r in self._by_id.items() if failed(r)} if retry_failed else {}
 
@@ -60,14 +63,24 @@ class Planner:
         c = self.suite.criterion
         return ("loss" if is_text(task) else "error") if c == "auto" else c
 
-    def tuner(self, spec) -> LRTuner:
+    def resolution(self, task: str) -> float | None:
+        """One validation sample of the error (rule "full" with criterion error only; None otherwise)."""
+        if self.suite.rule != "full" or self.criterion(task) != "error":
+            return None
+        if task not in self._resolution:
+            from .runner import prepared
+            self._resolution[task] = 1.0 / len(prepared(get_task(task), "val", "cpu", self.data_root).y_test)
+        return self._resolution[task]
+
+    def tuner(self, task: str, spec) -> LRTuner:
         s = self.suite
-        return LRTuner(ref_lr(spec), Grid.default(), rule=s.rule, seeds=s.tune_seeds, max_points=s.max_points)
+        return LRTuner(ref_lr(spec), Grid.default(), rule=s.rule, seeds=s.tune_seeds, max_points=s.max_points,
+                       resolution=self.resolution(task))
 
     def tune(self, task: str, spec):
         """(configs still needed, Decision or None while unfinished, {lr: tuning records} of the decision)."""
         spec = parse_spec(spec)
-        tuner, crit = self.tuner(spec), self.criterion(task)
+        tuner, crit = self.tuner(task, spec), self.criterion(task)
         scores, recs = {}, {}
         while True:
             todo = []
