@@ -141,3 +141,18 @@ def test_kill9_then_resume(smoke_dir, tmp_path):
     # a third call has nothing left to do
     res = subprocess.run(CMD + ["--out", str(cut)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and len(_lines(cut / "runs.jsonl")) == len(ids)
+
+
+def test_report_reads_decisions_json_unless_it_is_older_than_the_runs(smoke_dir, tmp_path):
+    import shutil
+
+    from nsf.bench.report import write_report
+    d = tmp_path / "copy"
+    shutil.copytree(smoke_dir, d)
+    dec = json.loads((d / "decisions.json").read_text())
+    dec["arms"] = [a for a in dec["arms"] if a[0] != "SGD-M"]  # a decision the planner would not take
+    (d / "decisions.json").write_text(json.dumps(dec))
+    md = write_report(d).read_text()
+    assert "| SGD-M" not in md and "| Adam" in md  # read, not re-planned
+    os.utime(d / "decisions.json", ns=(0, 0))  # older than runs.jsonl: a driver killed after its last decision
+    assert "| SGD-M" in write_report(d).read_text()
