@@ -36,6 +36,7 @@ def assert_user_error(code, err, *words):
     (["--opt", "nsf:p=banana"], ["--opt", "banana"]),
     (["--opt", "nosuchopt"], ["--opt", "nosuchopt"]),
     (["--suite", "nosuch"], ["--suite"]),
+    (["--ray", "--workers", "2"], ["--ray", "--workers"]),
 ])
 def test_bad_bench_options_are_one_line_and_write_nothing(argv, words, tmp_path, capsys):
     out = tmp_path / "run"

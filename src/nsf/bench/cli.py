@@ -36,6 +36,8 @@ def resolve_device(name: str) -> str:
 def make_engine(args, device: str):
     from nsf.experiment.sweep import InlineEngine, PoolEngine, RayEngine, UserError
     if args.ray is not None:
+        if args.workers > 1:
+            raise UserError("--ray and --workers exclude each other (Ray runs as many runs as it has CPUs for)")
         try:
             import ray  # noqa: F401
         except ImportError:
