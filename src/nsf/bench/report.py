@@ -12,6 +12,7 @@ import numpy as np
 from nsf.registry import spec_to_str
 
 from nsf.experiment.sweep import Sweep
+from nsf.experiment.tuner import Grid, default_max_points
 
 from .protocol import Decided, Planner, failed
 from .suites import suite_from_dict
@@ -325,7 +326,7 @@ def _tuning_text(s) -> str:
     seeds = f"seed {s.tune_seeds[0]}" if len(s.tune_seeds) == 1 else f"mean over seeds {s.tune_seeds}"
     if s.rule == "walk":
         return (f"{seeds}, full budget, shared half-decade grid walked from a reference point, "
-                f"≤ {s.max_points} points")
+                f"≤ {s.max_points or default_max_points('walk', Grid.default())} points")
     return (f"{seeds}, full budget, the whole half-decade grid 1e-5..10, extended until the best point has two "
             f"worse points on each side, then refined a quarter decade either side; criterion {s.criterion}")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nsf.experiment.tuner import CRITERIA, RULES
+from nsf.experiment.tuner import CRITERIA, LRTuner
 
 
 @dataclass
@@ -50,18 +50,18 @@ class Suite:
     budgets: list = field(default_factory=lambda: [0.25, 0.5])
     tune_seeds: list = field(default_factory=lambda: [100])
     rule: str = "walk"                   # LR search rule of nsf.experiment.tuner: "walk" or "full"
-    max_points: int | None = 6           # the tuner's cap on grid points (None: the rule's default)
+    max_points: int | None = None        # the tuner's cap on grid points (None: the rule's default)
     criterion: str = "auto"              # tuning score: "error", "loss", or "auto" (loss for text, else error)
     search: Search | None = None
     extra: list = field(default_factory=list)  # (label, spec) from the command line
 
     def __post_init__(self):
-        if self.rule not in RULES:
-            raise ValueError(f"suite {self.name!r}: rule must be one of {RULES}, got {self.rule!r}")
         if self.criterion not in CRITERIA + ("auto",):
             raise ValueError(f"suite {self.name!r}: unknown criterion {self.criterion!r}")
-        if not self.tune_seeds:
-            raise ValueError(f"suite {self.name!r}: at least one tuning seed is needed")
+        try:  # rule, tuning seeds and point cap are checked by the tuner itself
+            LRTuner(1e-3, rule=self.rule, seeds=self.tune_seeds, max_points=self.max_points)
+        except ValueError as e:
+            raise ValueError(f"suite {self.name!r}: {e}") from None
 
 
 def _cyclic(low, high, period=250, shape="cosine"):

@@ -175,6 +175,12 @@ class Decision:
         return {"lr": self.lr, "scores": [[lr, list(s)] for lr, s in self.scores.items()], "flags": list(self.flags)}
 
 
+def default_max_points(rule: str, grid: Grid) -> int:
+    """The cap on evaluated grid points: 6 for "walk"; the declared grid plus six (three decades) for "full"."""
+    a, b = grid.range
+    return 6 if rule == "walk" else b - a + 1 + 6
+
+
 class LRTuner:
     """Ask/tell LR search on a declared grid (see the module docstring for the rules)."""
 
@@ -191,7 +197,7 @@ class LRTuner:
         if rule == "walk" and start_lr is None:
             raise ValueError("rule 'walk' needs start_lr")
         self.start_lr = start_lr
-        self.max_points = max_points if max_points is not None else (6 if rule == "walk" else b - a + 1 + 6)
+        self.max_points = max_points if max_points is not None else default_max_points(rule, self.grid)
         if self.max_points < (3 if rule == "walk" else b - a + 1):
             raise ValueError(f"max_points={self.max_points} is smaller than the rule's first round")
         self.resolution = resolution
