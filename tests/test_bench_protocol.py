@@ -6,10 +6,11 @@ import pytest
 
 from nsf.bench import report as R
 from nsf.bench.protocol import Planner
-from nsf.bench.runner import RunStore, make_config, run_id
-from nsf.bench.suites import LR_GRID, Suite, _snap
+from nsf.experiment.store import RunStore, make_config, run_id
+from nsf.bench.suites import Suite
 from nsf.experiment.tasks import TASKS, eval_steps, lr_lambda
 from nsf.experiment.train import run_config
+from nsf.experiment.tuner import LR_GRID, Grid
 
 
 def test_run_id_is_stable_and_sensitive():
@@ -24,12 +25,12 @@ def test_run_id_is_stable_and_sensitive():
 
 def test_store_ignores_torn_line_and_keeps_appending(tmp_path):
     s = RunStore(tmp_path)
-    s.add({"run_id": "a", "final": {}}, {"step": [1]})
+    s.add({"run_id": "a", "config": {}, "final": {}}, {"step": [1]})
     with open(tmp_path / "runs.jsonl", "ab") as f:
         f.write(b'{"run_id": "b", "fin')  # kill -9 in the middle of a write
     s2 = RunStore(tmp_path)
     assert set(s2.records()) == {"a"}
-    s2.add({"run_id": "c", "final": {}}, {"step": [2]})
+    s2.add({"run_id": "c", "config": {}, "final": {}}, {"step": [2]})
     assert set(RunStore(tmp_path).records()) == {"a", "c"}
     assert json.loads((tmp_path / "curves" / "c.json").read_text()) == {"step": [2]}
 
@@ -76,10 +77,10 @@ def _fake(store, task, spec, lr, err, seed=100, split="val", diverged=False):
 
 def test_lr_walk_extends_toward_better_side_until_interior(tmp_path):
     store = RunStore(tmp_path)
-    suite = Suite("t", ["digits-mlp-tiny"], [("Adam", "adam")], default=None, ablations=False, max_walk=8)
+    suite = Suite("t", ["digits-mlp-tiny"], [("Adam", "adam")], default=None, ablations=False, max_points=8)
     pl = Planner(suite, store)
-    todo, best, _ = pl.walk("digits-mlp-tiny", "adam")
-    start = _snap(1e-3)  # adam's registry lr is the reference point
+    todo, best, _ = pl.tune("digits-mlp-tiny", "adam")
+    start = LR_GRID.index(Grid().snap(1e-3))  # adam's registry lr is the reference point
     assert best is None and sorted(c["lr"] for c in todo) == [LR_GRID[start - 1], LR_GRID[start], LR_GRID[start + 1]]
     assert all(c["split"] == "val" for c in todo)
     # error decreases with lr: the walk must go up one grid point at a time
@@ -87,22 +88,22 @@ def test_lr_walk_extends_toward_better_side_until_interior(tmp_path):
     for i in (start - 1, start, start + 1):
         _fake(store, "digits-mlp-tiny", "adam", LR_GRID[i], err(i))
     for k in range(2, 5):
-        todo, best, _ = Planner(suite, store).walk("digits-mlp-tiny", "adam")
+        todo, best, _ = Planner(suite, store).tune("digits-mlp-tiny", "adam")
         assert best is None and [c["lr"] for c in todo] == [LR_GRID[start + k]]
         _fake(store, "digits-mlp-tiny", "adam", LR_GRID[start + k], err(start + k))
-    todo, best, tried = Planner(suite, store).walk("digits-mlp-tiny", "adam")
-    assert todo == [] and best == start + 3 and len(tried) == 6
+    todo, d, tried = Planner(suite, store).tune("digits-mlp-tiny", "adam")
+    assert todo == [] and d.lr == LR_GRID[start + 3] and len(tried) == 6 and d.flags == []
 
 
 def test_lr_walk_treats_divergence_as_worst(tmp_path):
     store = RunStore(tmp_path)
     suite = Suite("t", ["digits-mlp-tiny"], [("SGD-M", "sgd")], default=None, ablations=False)
-    s = _snap(0.05)
+    s = LR_GRID.index(Grid().snap(0.05))
     _fake(store, "digits-mlp-tiny", "sgd", LR_GRID[s - 1], 0.3)
     _fake(store, "digits-mlp-tiny", "sgd", LR_GRID[s], 0.2)
     _fake(store, "digits-mlp-tiny", "sgd", LR_GRID[s + 1], float("nan"), diverged=True)
-    todo, best, tried = Planner(suite, store).walk("digits-mlp-tiny", "sgd")
-    assert todo == [] and best == s and len(tried) == 3  # diverged run kept in the tuning record
+    todo, d, tried = Planner(suite, store).tune("digits-mlp-tiny", "sgd")
+    assert todo == [] and d.lr == LR_GRID[s] and len(tried) == 3  # diverged run kept in the tuning record
 
 
 def test_time_to_target_on_synthetic_curves():
@@ -114,3 +115,23 @@ def test_time_to_target_on_synthetic_curves():
     assert R.time_to_target(steps, [float("nan")] + acc[1:], 100, 0.05) == pytest.approx(0.2)
     assert R.budget_to_target({0.25: 0.7, 0.5: 0.82, 1.0: 0.85}, 0.8) == 0.5
     assert R.budget_to_target({0.25: 0.7, 0.5: 0.72, 1.0: 0.75}, 0.8) is None
+
+
+def test_full_rule_suite_tunes_every_seed_on_the_whole_grid_and_flags_one_sample_margins(tmp_path):
+    store = RunStore(tmp_path)
+    suite = Suite("t", ["digits-mlp-tiny"], [("Adam", "adam")], default="nsf", ablations=False, rule="full",
+                  tune_seeds=[100, 101], max_points=None)
+    todo, d, _ = Planner(suite, store).tune("digits-mlp-tiny", "adam")
+    assert d is None and sorted({c["lr"] for c in todo}) == LR_GRID and {c["seed"] for c in todo} == {100, 101}
+    for _ in range(5):
+        for c in todo:  # a bowl around 1e-2, seed 101 slightly worse everywhere
+            _fake(store, "digits-mlp-tiny", "adam", c["lr"], 0.1 + 0.01 * (math.log10(c["lr"]) + 2) ** 2
+                  + 0.001 * (c["seed"] - 100), seed=c["seed"])
+        pl = Planner(suite, store)
+        todo, d, tried = pl.tune("digits-mlp-tiny", "adam")
+        if d is not None:
+            break
+    assert d.lr == 1e-2 and len(tried) == len(LR_GRID) + 2 and all(len(r) == 2 for r in tried.values())
+    # the quarter-decade neighbours are 0.000625 worse: less than one of the ~130 validation samples
+    assert pl.resolution("digits-mlp-tiny") > 0.000625 and d.flags == ["within-one-sample"]
+    assert pl.decisions()["tuning"]["digits-mlp-tiny"]["Adam"]["flags"] == ["within-one-sample"]

@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from nsf.bench.protocol import Planner, suite_from_dict
-from nsf.bench.runner import RunStore
+from nsf.bench.protocol import Planner
+from nsf.bench.report import load
+from nsf.experiment.store import RunStore
+from nsf.bench.suites import suite_from_dict
 
 REQUIRED = {"run_id", "config", "seed", "versions", "wall_s", "final", "curve_file", "finished_at"}
 
@@ -47,24 +49,25 @@ def test_smoke_plan_is_finished_and_seeds_use_chosen_lr(smoke_dir):
     suite = suite_from_dict(json.loads((smoke_dir / "suite.json").read_text()))
     pl = Planner(suite, RunStore(smoke_dir))
     assert pl.plan() == []
+    dec = load(smoke_dir)
+    assert dec.d == json.loads(json.dumps(pl.decisions()))  # decisions.json holds what the planner decided
     _, opts = pl.optimizers()
+    assert dec.optimizers() == opts
     for label, spec in opts:
-        _, best, tried = pl.walk(suite.tasks[0], spec)
-        lr = pl.chosen_lr(suite.tasks[0], spec)
-        runs = pl.final_runs(suite.tasks[0], spec)
-        assert len(runs) == len(suite.seeds) and all(r["config"]["lr"] == lr for r in runs)
-        errs = {k: v["final"]["error"] if not v["final"]["diverged"] else 2.0 for k, v in tried.items()}
-        assert errs[lr] == min(errs.values())
+        _, d, tried = pl.tune(suite.tasks[0], spec)
+        runs = dec.final_runs(suite.tasks[0], label, spec)
+        assert len(runs) == len(suite.seeds) and all(r["config"]["lr"] == d.lr for r in runs)
+        errs = {k: v[0]["final"]["error"] if not v[0]["final"]["diverged"] else 2.0 for k, v in tried.items()}
+        assert errs[d.lr] == min(errs.values())
 
 
 def test_report_tables_match_runs_and_plots_are_pngs(smoke_dir):
     md = (smoke_dir / "report.md").read_text()
     suite = suite_from_dict(json.loads((smoke_dir / "suite.json").read_text()))
-    pl = Planner(suite, RunStore(smoke_dir))
-    _, opts = pl.optimizers()
+    dec = load(smoke_dir)
     task = suite.tasks[0]
-    for label, spec in opts:
-        errs = [r["final"]["error"] for r in pl.final_runs(task, spec)]
+    for label, spec in dec.optimizers():
+        errs = [r["final"]["error"] for r in dec.final_runs(task, label, spec)]
         row = next(l for l in md.splitlines() if l.startswith(f"| {label}"))
         m = re.search(r"\| (\d+\.\d+) ± (\d+\.\d+) \|", row)
         assert m, row
@@ -138,3 +141,18 @@ def test_kill9_then_resume(smoke_dir, tmp_path):
     # a third call has nothing left to do
     res = subprocess.run(CMD + ["--out", str(cut)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and len(_lines(cut / "runs.jsonl")) == len(ids)
+
+
+def test_report_reads_decisions_json_unless_it_is_older_than_the_runs(smoke_dir, tmp_path):
+    import shutil
+
+    from nsf.bench.report import write_report
+    d = tmp_path / "copy"
+    shutil.copytree(smoke_dir, d)
+    dec = json.loads((d / "decisions.json").read_text())
+    dec["arms"] = [a for a in dec["arms"] if a[0] != "SGD-M"]  # a decision the planner would not take
+    (d / "decisions.json").write_text(json.dumps(dec))
+    md = write_report(d).read_text()
+    assert "| SGD-M" not in md and "| Adam" in md  # read, not re-planned
+    os.utime(d / "decisions.json", ns=(0, 0))  # older than runs.jsonl: a driver killed after its last decision
+    assert "| SGD-M" in write_report(d).read_text()

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from nsf.bench.runner import make_config, run_id
+from nsf.experiment.store import make_config, run_id
 from nsf.experiment import data as D
 from nsf.experiment import train as T
 from nsf.experiment.tasks import TASKS, Task

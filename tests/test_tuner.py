@@ -139,3 +139,9 @@ def test_rule_and_seed_validation():
         LRTuner(1e-3, seeds=())
     with pytest.raises(ValueError, match="start_lr"):
         LRTuner(rule="walk")
+
+
+def test_bare_number_scores_work_and_nan_counts_as_diverged():
+    run = lambda lr, seed: float("nan") if lr > 0.1 else (math.log10(lr) + 2) ** 2
+    d = tune(run, LRTuner(rule="full", resolution=1e-9))
+    assert d.lr == pytest.approx(1e-2) and d.scores[10.0] == (1, INF)

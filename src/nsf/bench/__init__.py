@@ -2,7 +2,6 @@
 
 ``nsf bench --suite smoke|quick|standard --out DIR`` runs a suite; ``nsf report DIR`` writes DIR/report.md.
 """
-from .runner import RunStore, make_config, run_id
 from .suites import SUITES, get_suite
 
-__all__ = ["RunStore", "make_config", "run_id", "SUITES", "get_suite"]
+__all__ = ["SUITES", "get_suite"]

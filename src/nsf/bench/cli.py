@@ -1,87 +1,140 @@
-"""``nsf bench`` and ``nsf report`` subcommands."""
+"""``nsf bench`` and ``nsf report`` subcommands.
+
+Every user input is checked before anything is written; a refused command leaves no file behind.
+"""
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
+
+from nsf.experiment.sweep import positive_int
+
+
+def check_spec(spec: str) -> None:
+    """Refuse an optimizer spec that cannot build and step an optimizer (one tiny step on a dummy tensor)."""
+    import torch
+
+    from nsf.experiment.sweep import UserError
+    from nsf.registry import create_optimizer
+    try:
+        w = torch.zeros(2, requires_grad=True)
+        w.grad = torch.ones(2)
+        create_optimizer(spec, [w], lr=1e-3).step()
+    except Exception as e:  # noqa: BLE001 -- any failure of a user's spec is the user's error
+        raise UserError(f"--opt {spec!r}: {type(e).__name__}: {e}") from None
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    from nsf.experiment.sweep import UserError
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+
+
+def make_engine(args, device: str):
+    from nsf.experiment.sweep import InlineEngine, PoolEngine, RayEngine, UserError
+    if args.ray is not None:
+        if args.workers > 1:
+            raise UserError("--ray and --workers exclude each other (Ray runs as many runs as it has CPUs for)")
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("--ray needs Ray, which is not installed: pip install nsf[ray]") from None
+        return RayEngine(None if args.ray == "local" else args.ray, args.threads, device, args.data_root)
+    if args.workers > 1:
+        return PoolEngine(args.workers, args.threads, device, args.data_root)
+    return InlineEngine(args.threads, device, args.data_root)
 
 
 def _bench(args) -> int:
     import torch
-    from tqdm import tqdm
 
-    from .protocol import Planner, suite_from_dict, suite_to_dict
-    from .runner import RunStore, resolve_device, run_and_store, run_id
-    from .suites import get_suite
+    from nsf.experiment.sweep import Sweep, UserError, drive
+
+    from .protocol import Planner
+    from .suites import get_suite, suite_from_dict, suite_to_dict
     from nsf.experiment.tasks import get_task
 
-    from nsf.registry import parse_spec
-    for spec in args.opt or []:  # validate extra specs first: a clear message, nothing written
-        try:
-            parse_spec(spec)
-        except ValueError as e:
-            print(f"error: --opt {spec!r}: {e}", file=sys.stderr)
-            return 2
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    store = RunStore(out)
-    sfile = out / "suite.json"
+    # -- everything checked before anything is written ------------------------------------------------------
     suite = get_suite(args.suite)
+    explicit = []
     if args.tasks:
-        suite.tasks = [get_task(t).name for t in args.tasks.split(",")]
+        try:
+            suite.tasks = [get_task(t.strip()).name for t in args.tasks.split(",")]
+        except ValueError as e:
+            raise UserError(f"--tasks: {e}") from None
+        explicit.append("tasks")
     if args.seeds is not None:
         suite.seeds = list(range(args.seeds))
-    suite.extra = [(s, s) for s in (args.opt or [])]
-    if sfile.exists():
-        old = suite_from_dict(json.loads(sfile.read_text()))
-        if old.name != suite.name:
-            print(f"error: {out} holds suite {old.name!r}; use another --out", file=sys.stderr)
-            return 2
-        if not (args.tasks or args.seeds is not None or args.opt):
-            suite = old  # plain resume: keep the recorded suite options
-    tmp = sfile.with_suffix(".tmp")
-    tmp.write_text(json.dumps(suite_to_dict(suite), indent=1))
-    os.replace(tmp, sfile)
+        explicit.append("seeds")
+    for spec in args.opt or []:
+        check_spec(spec)
+    if args.opt:
+        suite.extra = [(s, s) for s in args.opt]
+        explicit.append("extra")
+    device = resolve_device(args.device)
+    old = Sweep.existing_suite(args.out)
+    if old is not None:
+        suite_from_dict(old)  # a damaged suite.json is refused here, before anything is written
+    engine = make_engine(args, device)
 
-    planner = Planner(suite, store)
-    n0 = len(store.records())
+    # -- the sweep --------------------------------------------------------------------------------------------
+    torch.set_num_threads(args.threads)
+    sw, grown = Sweep.create(args.out, suite_to_dict(suite), accumulate=tuple(explicit))
+    suite = suite_from_dict(sw.suite)
+    for line in grown:
+        print(f"{args.out}: suite {line}", file=sys.stderr)
+    n0 = len(sw.store.records())
     if n0:
-        print(f"resuming {out}: {n0} finished runs kept")
-    t_start = time.time()
-    done = 0
-    while True:
-        todo = planner.plan()
-        if not todo:
-            break
-        order = {t: i for i, t in enumerate(suite.search.tasks if suite.search else [])}
-        order.update({t: len(order) + i for i, t in enumerate(suite.tasks)})
-        # search first, then task by task in the suite's order (cheap tasks first), tuning before seeds
-        todo.sort(key=lambda cm: (cm[1].get("stage") != "search", order.get(cm[0]["task"], 99),
-                                  cm[1].get("stage") != "tune"))
-        bar = tqdm(todo, desc=f"{suite.name}", unit="run", dynamic_ncols=True, file=sys.stderr)
-        for cfg, meta in bar:
-            bar.set_postfix_str(f"{meta.get('stage')} {cfg['task']} {meta.get('label', '')} lr={cfg['lr']:.3g}"
-                                f" seed={cfg['seed']} b={cfg['budget']:g} done={done}")
-            if run_id(cfg) in store:
-                continue
-            run_and_store(store, cfg, meta, device=str(device), data_root=args.data_root)
-            done += 1
+        print(f"resuming {args.out}: {n0} finished runs kept")
+    planner = Planner(suite, sw.store, retry_failed=True, data_root=args.data_root)
+    bar = Progress(suite.name, engine.slots)
+    try:
+        stats = drive(sw, planner.plan, engine, progress=bar)
+    finally:
         bar.close()
-    wall = time.time() - t_start
-    print(f"{suite.name}: {done} runs done now, {len(store.records())} in {out}/runs.jsonl, {wall:.0f} s")
+        sw.write_decisions(planner.decisions())
+    print(f"{suite.name}: {stats['done']} runs done now ({stats['failed']} failed), {len(sw.store.records())} in "
+          f"{args.out}/runs.jsonl, {bar.elapsed():.0f} s")
     if args.report:
         from .report import write_report
-        path = write_report(out)
-        print(f"report: {path}")
+        print(f"report: {write_report(args.out)}")
     return 0
 
 
+class Progress:
+    """tqdm bar: runs done / runs known so far, runs in flight, ETA from the finished runs' rate."""
+
+    def __init__(self, name: str, slots: int):
+        import time
+
+        from tqdm import tqdm
+        self._t0 = time.time()
+        self.bar = tqdm(total=0, desc=name, unit="run", dynamic_ncols=True, file=sys.stderr)
+        self.slots = slots
+
+    def __call__(self, done: int, flight: int, queued: int) -> None:
+        self.bar.total = done + flight + queued
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"in flight {flight}/{self.slots}, waiting {queued}")
+
+    def elapsed(self) -> float:
+        import time
+        return time.time() - self._t0
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _report(args) -> int:
+    from nsf.experiment.sweep import Sweep, UserError
+
     from .report import write_report
+    if args.notes and not Path(args.notes).is_file():
+        raise UserError(f"--notes {args.notes}: no such file")
+    Sweep.open(args.dir)  # no sweep there: refused before anything is written
     path = write_report(Path(args.dir), results_md=args.results_md, plots_dir=args.plots_dir,
                         plot_prefix=args.plot_prefix, notes=args.notes)
     print(f"report: {path}")
@@ -92,14 +145,20 @@ def register(subparsers) -> None:
     from .suites import SUITES
     p = subparsers.add_parser("bench", help="run a benchmark suite (resumable) into DIR",
                               description="Run a benchmark suite. Re-running on the same --out resumes: finished "
-                                          "runs (DIR/runs.jsonl) are never repeated.")
+                                          "runs (DIR/runs.jsonl) are never repeated; --tasks, --seeds and --opt "
+                                          "given on a resume add to the recorded suite.")
     p.add_argument("--suite", default="quick", choices=sorted(SUITES))
     p.add_argument("--out", required=True, help="run directory (created; resumed if it exists)")
     p.add_argument("--opt", action="append", metavar="SPEC",
                    help="extra optimizer spec, e.g. 'nsf-fixed:p=-0.25' (repeatable)")
     p.add_argument("--tasks", help="comma-separated task names (default: the suite's)")
-    p.add_argument("--seeds", type=int, help="number of seeds (default: the suite's)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the suite's)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="runs in parallel on this machine, each in its own process (default 1: in this process)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run through Ray: a local Ray without ADDRESS, 'auto' for this machine's cluster "
+                        "(pip install nsf[ray])")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--data-root", help="folder with user-supplied datasets (Fashion-MNIST IDX, CIFAR pickles)")
     p.add_argument("--report", action="store_true", help="write DIR/report.md when done")
@@ -112,10 +171,3 @@ def register(subparsers) -> None:
     r.add_argument("--plot-prefix", default="", help="file-name prefix of the copied plots")
     r.add_argument("--notes", help="markdown file inserted after the header of --results-md (discussion)")
     r.set_defaults(func=_report)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nsf.bench")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)

@@ -1,144 +1,153 @@
-"""Planning and selection: which runs a suite needs, given the runs already finished.
+"""Planning: which runs a suite needs, given the runs already finished, and the decisions it took.
 
-All decisions (chosen LR, search winner) are pure functions of ``runs.jsonl``; the bench command calls
-:meth:`Planner.plan` until it returns nothing, and the report uses the same object to label the runs.
+Every decision (chosen LR, search winner) is a pure function of ``runs.jsonl``: the driver calls
+:meth:`Planner.plan` until it returns nothing, then writes :meth:`Planner.decisions` to ``decisions.json``,
+which ``nsf report`` reads (:class:`Decided`) instead of planning again.
 """
 from __future__ import annotations
 
 import copy
 import json
 
+from nsf.experiment.tuner import INF, Grid, LRTuner, ref_lr, score
 from nsf.registry import parse_spec
 
-from .runner import RunStore, make_config, run_id
-from .suites import LR_GRID, Search, Suite, _snap, get_suite, ref_lr
+from nsf.experiment.store import RunStore, make_config, run_id
+from .suites import Suite, get_suite
 from nsf.experiment.tasks import get_task
 
-INF = float("inf")
-
-
-def score(rec: dict | None, text: bool = False) -> tuple:
-    """Lower is better: (diverged, error, loss) -- for text tasks (diverged, loss, error)."""
-    if rec is None:
-        return (2, INF, INF)
-    f = rec["final"]
-    if f.get("diverged") or f.get("loss") is None:
-        return (1, INF, INF)
-    err, loss = f["error"], f["loss"]
-    return (0, loss, err) if text else (0, err, loss)
+DECISIONS_VERSION = 1
 
 
 def spec_key(spec) -> str:
     return json.dumps(parse_spec(spec), sort_keys=True)
 
 
-def suite_to_dict(s: Suite) -> dict:
-    import dataclasses
-    return dataclasses.asdict(s)
+def is_text(task: str) -> bool:
+    return get_task(task).dataset == "shakespeare"
 
 
-def suite_from_dict(d: dict) -> Suite:
-    d = dict(d)
-    if d.get("search"):
-        d["search"] = Search(**d["search"])
-    return Suite(**d)
+def failed(rec: dict | None) -> bool:
+    return rec is not None and bool(rec["final"].get("failed"))
+
+
+def summary(recs: list[dict]) -> dict:
+    """Mean validation error and loss over the tuning seeds' records (diverged or failed: error 1, loss inf)."""
+    bad = [score(r)[0] != 0 for r in recs]
+    err = [1.0 if b else r["final"]["error"] for r, b in zip(recs, bad)]
+    loss = [INF if b else r["final"]["loss"] for r, b in zip(recs, bad)]
+    return {"error": sum(err) / len(err), "loss": sum(loss) / len(loss), "diverged": any(bad)}
 
 
 class Planner:
-    def __init__(self, suite: Suite | str, store: RunStore):
+    def __init__(self, suite: Suite | str, store: RunStore, retry_failed: bool = False, data_root: str | None = None):
+        """``retry_failed``: runs recorded as failed before now are planned again (once: a run that fails
+        again in this session is final, so the sweep goes on).  ``data_root``: where user-supplied data live
+        (rule "full" reads the validation set's size for its one-sample flag)."""
         self.suite = get_suite(suite) if isinstance(suite, str) else suite
         self.store = store
+        self.data_root = data_root
+        self._resolution: dict[str, float | None] = {}
         self._by_id = store.records()
+        self._stale = {rid: r for rid, r in self._by_id.items() if failed(r)} if retry_failed else {}
 
-    # -- single lookups ------------------------------------------------------------------------------------
+    def _get(self, rid: str) -> dict | None:
+        r = self._by_id.get(rid)
+        return None if r is not None and self._stale.get(rid) is r else r
+
     def rec(self, config: dict) -> dict | None:
-        return self._by_id.get(run_id(config))
+        return self._get(run_id(config))
 
-    def _is_text(self, task: str) -> bool:
-        return get_task(task).dataset == "shakespeare"
+    # -- LR tuning -----------------------------------------------------------------------------------------
+    def criterion(self, task: str) -> str:
+        c = self.suite.criterion
+        return ("loss" if is_text(task) else "error") if c == "auto" else c
 
-    # -- LR walk -------------------------------------------------------------------------------------------
-    def walk(self, task: str, spec) -> tuple[list[dict], int | None, dict]:
-        """(configs still needed, chosen grid index or None while unfinished, {lr: record})."""
+    def resolution(self, task: str) -> float | None:
+        """One validation sample of the error (rule "full" with criterion error only; None otherwise)."""
+        if self.suite.rule != "full" or self.criterion(task) != "error":
+            return None
+        if task not in self._resolution:
+            from nsf.experiment.data import prepared
+            t = get_task(task)
+            val = prepared(t.dataset, "val", t.val_frac, "cpu", self.data_root, t.train_subset)
+            self._resolution[task] = 1.0 / len(val.y_test)
+        return self._resolution[task]
+
+    def tuner(self, task: str, spec) -> LRTuner:
+        s = self.suite
+        return LRTuner(ref_lr(spec), Grid.default(), rule=s.rule, seeds=s.tune_seeds, max_points=s.max_points,
+                       resolution=self.resolution(task))
+
+    def tune(self, task: str, spec):
+        """(configs still needed, Decision or None while unfinished, {lr: tuning records} of the decision)."""
         spec = parse_spec(spec)
-        text = self._is_text(task)
-        cfg = lambda i: make_config(task, spec, LR_GRID[i], self.suite.tune_seed, 1.0, "val")
-        start = _snap(ref_lr(spec))
-        first = [i for i in (start - 1, start, start + 1) if 0 <= i < len(LR_GRID)]
-        done = {}
-        todo = []
-        for i in first:
-            r = self.rec(cfg(i))
-            if r is None:
-                todo.append(cfg(i))
-            else:
-                done[i] = r
-        if todo:
-            return todo, None, {}
+        tuner, crit = self.tuner(task, spec), self.criterion(task)
+        scores, recs = {}, {}
         while True:
-            best = min(sorted(done), key=lambda i: score(done[i], text))
-            nxt = None
-            if best == min(done) and best - 1 >= 0:
-                nxt = best - 1
-            elif best == max(done) and best + 1 < len(LR_GRID):
-                nxt = best + 1
-            if nxt is None or len(done) >= self.suite.max_walk:
-                return [], best, {LR_GRID[i]: done[i] for i in sorted(done)}
-            r = self.rec(cfg(nxt))
-            if r is None:
-                return [cfg(nxt)], None, {}
-            done[nxt] = r
+            todo = []
+            for lr in tuner.pending(scores):
+                cfgs = [make_config(task, spec, lr, s, 1.0, "val") for s in tuner.seeds]
+                got = [self.rec(c) for c in cfgs]
+                todo += [c for c, r in zip(cfgs, got) if r is None]
+                if all(r is not None for r in got):
+                    scores[lr], recs[lr] = [score(r, crit) for r in got], got
+            if todo:
+                return todo, None, {}
+            if not tuner.pending(scores):
+                d = tuner.decide(scores)
+                return [], d, {lr: recs[lr] for lr in d.scores}
+
+    def chosen_lr(self, task: str, spec) -> float | None:
+        _, d, _ = self.tune(task, spec)
+        return None if d is None else d.lr
 
     # -- default search ------------------------------------------------------------------------------------
-    def _search_scores(self, specs) -> tuple[list[dict], list[tuple]]:
+    def _search_rows(self, specs) -> tuple[list[dict], list[dict]]:
         todo, rows = [], []
         for spec in specs:
             per_task, complete = [], True
             for task in self.suite.search.tasks:
-                t, best, tried = self.walk(task, spec)
+                t, d, recs = self.tune(task, spec)
                 todo += t
-                if best is None:
+                if d is None:
                     complete = False
                     continue
-                per_task.append((task, LR_GRID[best], score(tried[LR_GRID[best]], self._is_text(task))))
+                per_task.append({"task": task, "lr": d.lr, **summary(recs[d.lr])})
             if complete:
-                errs = [s[2][1] if s[2][0] == 0 else 1.0 for s in per_task]
-                losses = [s[2][2] if s[2][0] == 0 else INF for s in per_task]
-                rows.append((sum(errs) / len(errs), sum(losses) / len(losses), spec, per_task))
+                n = len(per_task)
+                rows.append({"spec": spec, "error": sum(p["error"] for p in per_task) / n,
+                             "loss": sum(p["loss"] for p in per_task) / n, "per_task": per_task})
         return todo, rows
 
-    def search(self) -> tuple[list[dict], dict | None, dict]:
-        """(todo, winner spec or None, details for the report)."""
+    def search(self) -> tuple[list[dict], dict | None]:
+        """(todo, details or None while unfinished): stage A and B rows, their winners."""
         s = self.suite.search
-        todo, rows_a = self._search_scores(s.stage_a)
+        best = lambda rows: min(rows, key=lambda r: (r["error"], r["loss"]))["spec"]
+        todo, rows_a = self._search_rows(s.stage_a)
         if todo:
-            return todo, None, {}
-        win_a = min(rows_a, key=lambda r: (r[0], r[1]))[2]
-        stage_b = s.stage_b(copy.deepcopy(win_a))
-        todo, rows_b = self._search_scores(stage_b)
+            return todo, None
+        win_a = best(rows_a)
+        todo, rows_b = self._search_rows(s.stage_b(copy.deepcopy(win_a)))
         if todo:
-            return todo, None, {}
+            return todo, None
         seen, rows = set(), []
         for r in rows_a + rows_b:
-            k = spec_key(r[2])
-            if k not in seen:
-                seen.add(k)
+            if spec_key(r["spec"]) not in seen:
+                seen.add(spec_key(r["spec"]))
                 rows.append(r)
-        win = min(rows, key=lambda r: (r[0], r[1]))[2]
-        return [], win, {"stage_a": rows_a, "stage_b": rows_b, "winner_a": win_a, "winner": win}
+        return [], {"stage_a": rows_a, "stage_b": rows_b, "winner_a": win_a, "winner": best(rows)}
 
     # -- optimizer list ------------------------------------------------------------------------------------
-    def default_spec(self) -> tuple[list[dict], dict | None]:
-        if self.suite.search is not None:
-            todo, win, _ = self.search()
-            return todo, win
-        return [], parse_spec(self.suite.default)
-
     def optimizers(self) -> tuple[list[dict], list[tuple[str, dict]] | None]:
         """(todo, [(label, spec)]) -- the list is None until the default is known."""
-        todo, default = self.default_spec()
-        if default is None:
-            return todo, None
+        if self.suite.search is not None:
+            todo, det = self.search()
+            if det is None:
+                return todo, None
+            default = det["winner"]
+        else:
+            default = parse_spec(self.suite.default)
         opts = [(label, parse_spec(s)) for label, s in self.suite.baselines]
         opts.append(("NSF default", default))
         p = default.get("p")
@@ -153,45 +162,82 @@ class Planner:
         opts += [(label, parse_spec(s)) for label, s in self.suite.extra]
         return [], opts
 
-    # -- whole plan ----------------------------------------------------------------------------------------
-    def chosen_lr(self, task: str, spec) -> float | None:
-        _, best, _ = self.walk(task, spec)
-        return None if best is None else LR_GRID[best]
+    def budgets(self, label: str) -> list[float]:
+        return [1.0] + (list(self.suite.budgets) if label == "NSF default" else [])
 
+    # -- whole plan ----------------------------------------------------------------------------------------
     def plan(self) -> list[tuple[dict, dict]]:
-        """Runs that can be started now (their prerequisites are finished), with metadata."""
+        """Runs that can be started now (their prerequisites are finished), with metadata, in priority order:
+        the search, then task by task in the suite's order, tuning before seeds."""
         out = []
         todo, opts = self.optimizers()
         out += [(c, {"stage": "search"}) for c in todo]
-        if opts is None:
-            return self._unique(out)
-        for task in self.suite.tasks:
+        for task in self.suite.tasks if opts is not None else []:
             for label, spec in opts:
-                todo, best, _ = self.walk(task, spec)
-                if best is None:
+                todo, d, _ = self.tune(task, spec)
+                if d is None:
                     out += [(c, {"stage": "tune", "label": label}) for c in todo]
                     continue
-                lr = LR_GRID[best]
-                budgets = [1.0] + (list(self.suite.budgets) if label == "NSF default" else [])
-                for b in budgets:
+                for b in self.budgets(label):
                     for seed in self.suite.seeds:
-                        c = make_config(task, spec, lr, seed, b, "test")
+                        c = make_config(task, spec, d.lr, seed, b, "test")
                         if self.rec(c) is None:
                             out.append((c, {"stage": "seeds" if b == 1.0 else "budget", "label": label}))
+        order = {t: i for i, t in enumerate(self.suite.search.tasks if self.suite.search else [])}
+        order.update({t: len(order) + i for i, t in enumerate(self.suite.tasks)})
+        out.sort(key=lambda cm: (cm[1]["stage"] != "search", order.get(cm[0]["task"], 99), cm[1]["stage"] != "tune"))
         return self._unique(out)
 
     def _unique(self, items):
         seen, out = set(), []
         for c, m in items:
             rid = run_id(c)
-            if rid not in seen and rid not in self._by_id:
+            if rid not in seen and self._get(rid) is None:
                 seen.add(rid)
                 out.append((c, {**m, "suite": self.suite.name}))
         return out
 
-    def final_runs(self, task: str, spec, budget: float = 1.0) -> list[dict]:
-        lr = self.chosen_lr(task, spec)
-        if lr is None:
+    # -- decisions -----------------------------------------------------------------------------------------
+    def decisions(self) -> dict:
+        """Everything the sweep decided, for ``decisions.json`` (complete once :meth:`plan` is empty)."""
+        out = {"version": DECISIONS_VERSION, "suite": self.suite.name, "complete": not self.plan(),
+               "search": None, "arms": None, "tuning": {}}
+        if self.suite.search is not None:
+            out["search"] = self.search()[1]
+        _, opts = self.optimizers()
+        if opts is None:
+            return out
+        out["arms"] = [[label, spec] for label, spec in opts]
+        for task in self.suite.tasks:
+            out["tuning"][task] = tt = {}
+            for label, spec in opts:
+                _, d, recs = self.tune(task, spec)
+                if d is not None:
+                    tt[label] = {"lr": d.lr, "flags": d.flags,
+                                 "tried": [[lr, summary(r)] for lr, r in sorted(recs.items())]}
+        return out
+
+
+class Decided:
+    """Read side of a sweep for the report: the recorded decisions plus the finished runs they point to."""
+
+    def __init__(self, suite: Suite, store: RunStore, decisions: dict):
+        self.suite, self.store, self.d = suite, store, decisions
+        self._by_id = store.records()
+
+    def optimizers(self) -> list[tuple[str, dict]]:
+        return [(label, spec) for label, spec in self.d.get("arms") or []]
+
+    def search(self) -> dict | None:
+        return self.d.get("search")
+
+    def tuning(self, task: str, label: str) -> dict | None:
+        return self.d["tuning"].get(task, {}).get(label)
+
+    def final_runs(self, task: str, label: str, spec, budget: float = 1.0) -> list[dict]:
+        """The finished, not failed, test runs of an arm at its chosen LR."""
+        t = self.tuning(task, label)
+        if t is None:
             return []
-        recs = [self.rec(make_config(task, spec, lr, s, budget, "test")) for s in self.suite.seeds]
-        return [r for r in recs if r is not None]
+        recs = [self._by_id.get(run_id(make_config(task, spec, t["lr"], s, budget, "test"))) for s in self.suite.seeds]
+        return [r for r in recs if r is not None and not failed(r)]

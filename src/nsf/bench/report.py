@@ -11,9 +11,11 @@ import numpy as np
 
 from nsf.registry import spec_to_str
 
-from .protocol import Planner, score, suite_from_dict
-from .runner import RunStore
-from .suites import LR_GRID, get_suite
+from nsf.experiment.sweep import Sweep
+from nsf.experiment.tuner import Grid, default_max_points
+
+from .protocol import Decided, Planner, failed
+from .suites import suite_from_dict
 from nsf.experiment.tasks import get_task
 
 BASELINE_LABELS = ("SGD-M", "Adam", "AdamW", "Padam")
@@ -56,13 +58,13 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else float("nan")
 
 
-def _mean_curve(planner, runs, key="acc"):
+def _mean_curve(dec, runs, key="acc"):
     """Mean and std over seeds on the shared eval grid (runs that diverged are left out of the curve)."""
     cs = []
     for r in runs:
         if r["final"].get("diverged"):
             continue
-        c = planner.store.curves(r["run_id"])
+        c = dec.store.curves(r["run_id"])
         cs.append(c)
     if not cs:
         return None
@@ -75,18 +77,17 @@ def _mean_curve(planner, runs, key="acc"):
 # ----------------------------------------------------------------------------------------------------------
 # Per-task analysis
 
-def analyse(planner: Planner) -> dict:
-    _, opts = planner.optimizers()
-    out = {"tasks": {}, "opts": opts or []}
-    for task in planner.suite.tasks:
+def analyse(dec: Decided) -> dict:
+    opts = dec.optimizers()
+    out = {"tasks": {}, "opts": opts}
+    for task in dec.suite.tasks:
         t = get_task(task)
         text = t.dataset == "shakespeare"
         rows = {}
-        for label, spec in opts or []:
-            _, best, tried = planner.walk(task, spec)
-            runs = planner.final_runs(task, spec) if best is not None else []
-            rows[label] = {"spec": spec, "lr": None if best is None else LR_GRID[best], "tried": tried,
-                           "runs": runs}
+        for label, spec in opts:
+            tun = dec.tuning(task, label) or {"lr": None, "tried": [], "flags": []}
+            rows[label] = {"spec": spec, "lr": tun["lr"], "tried": tun["tried"], "flags": tun["flags"],
+                           "runs": dec.final_runs(task, label, spec)}
         present = {k: v for k, v in rows.items() if v["runs"]}
         base = [k for k in present if k in BASELINE_LABELS]
         best_base = min(base, key=lambda k: _mean([r["final"]["error"] for r in present[k]["runs"]])) if base else None
@@ -94,14 +95,14 @@ def analyse(planner: Planner) -> dict:
         if best_base and "NSF default" in present:
             target = 1.0 - _mean([r["final"]["error"] for r in present[best_base]["runs"]])
             nsf = present["NSF default"]
-            curve = _mean_curve(planner, nsf["runs"])
+            curve = _mean_curve(dec, nsf["runs"])
             total = nsf["runs"][0]["final"]["steps"]
             res["target"] = target
             res["ttt_curve"] = time_to_target(curve["step"], curve["mean"], total, target) if curve else None
             finals = {1.0: 1.0 - _mean([r["final"]["error"] for r in nsf["runs"]])}
             budget_runs = {1.0: nsf["runs"]}
-            for b in planner.suite.budgets:
-                rb = planner.final_runs(task, nsf["spec"], b)
+            for b in dec.suite.budgets:
+                rb = dec.final_runs(task, "NSF default", nsf["spec"], b)
                 if rb:
                     finals[b] = 1.0 - _mean([r["final"]["error"] for r in rb])
                     budget_runs[b] = rb
@@ -126,7 +127,7 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _plots(planner: Planner, an: dict, outdir: Path) -> dict:
+def _plots(dec: Decided, an: dict, outdir: Path) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -140,8 +141,8 @@ def _plots(planner: Planner, an: dict, outdir: Path) -> dict:
         cmap = plt.get_cmap("tab10")
         colors = {k: cmap(i % 10) for i, k in enumerate(labels)}
         styles = {k: ("-" if i < 10 else "--") for i, k in enumerate(labels)}
-        curves = {k: (_mean_curve(planner, res["rows"][k]["runs"], "acc"),
-                      _mean_curve(planner, res["rows"][k]["runs"], "loss")) for k in labels}
+        curves = {k: (_mean_curve(dec, res["rows"][k]["runs"], "acc"),
+                      _mean_curve(dec, res["rows"][k]["runs"], "loss")) for k in labels}
         fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
         for k in labels:
             ca, cl = curves[k]
@@ -166,13 +167,13 @@ def _plots(planner: Planner, an: dict, outdir: Path) -> dict:
             fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
             full_steps = res["budget_runs"][1.0][0]["final"]["steps"]
             for b, runs in sorted(res["budget_runs"].items()):
-                c = _mean_curve(planner, runs, "acc")
+                c = _mean_curve(dec, runs, "acc")
                 if c is None:
                     continue
                 x = np.array(c["step"]) / full_steps
                 ax[0].plot(x, c["mean"], label=f"NSF default, budget {b:g}")
                 ax[0].fill_between(x, c["mean"] - c["std"], c["mean"] + c["std"], alpha=0.15)
-            cb = _mean_curve(planner, res["rows"][res["best_baseline"]]["runs"], "acc")
+            cb = _mean_curve(dec, res["rows"][res["best_baseline"]]["runs"], "acc")
             if cb is not None:
                 ax[0].plot(np.array(cb["step"]) / full_steps, cb["mean"], "k--", label=f"{res['best_baseline']} (full)")
             ax[0].axhline(res["target"], color="k", ls=":", lw=1)
@@ -195,16 +196,18 @@ def _fmt_frac(x):
     return "not reached" if x is None else f"{x:.2f}"
 
 
-def render(planner: Planner, an: dict, files: dict, img_prefix: str = "", notes: str = "") -> str:
-    recs = list(planner.store.records().values())
+def render(dec: Decided, an: dict, files: dict, img_prefix: str = "", notes: str = "") -> str:
+    recs = list(dec.store.records().values())
     L = []
-    s = planner.suite
+    s = dec.suite
     L.append(f"# nsf bench report: suite `{s.name}`\n")
-    wall = sum(r.get("wall_s", 0.0) for r in recs)
-    vers = recs[0]["versions"] if recs else {}
+    wall = sum(r.get("wall_s") or 0.0 for r in recs)
+    vers = recs[0].get("versions", {}) if recs else {}
     devs = sorted({f"{r.get('device')} x{r.get('threads')} thread(s)" for r in recs})
     n_div = sum(1 for r in recs if r["final"].get("diverged"))
-    L.append(f"- runs: {len(recs)} finished ({n_div} diverged, all kept); summed run wall time "
+    n_fail = sum(1 for r in recs if failed(r))
+    L.append(f"- runs: {len(recs)} finished ({n_div} diverged, all kept{f'; {n_fail} failed' if n_fail else ''}); "
+             f"summed run wall time "
              f"{wall / 60:.1f} min; device: {', '.join(devs) or 'n/a'}")
     times = sorted(r["finished_at"] for r in recs if r.get("finished_at"))
     if times:
@@ -212,18 +215,17 @@ def render(planner: Planner, an: dict, files: dict, img_prefix: str = "", notes:
         t0 = _dt.datetime.strptime(times[0], "%Y-%m-%dT%H:%M:%SZ")
         t1 = _dt.datetime.strptime(times[-1], "%Y-%m-%dT%H:%M:%SZ")
         first = min(recs, key=lambda r: r.get("finished_at", "~"))
-        el = (t1 - t0).total_seconds() + first.get("wall_s", 0.0)
+        el = (t1 - t0).total_seconds() + (first.get("wall_s") or 0.0)
         L.append(f"- sweep elapsed (first run start to last run end, data loading included): {el / 60:.1f} min "
                  f"({times[0]} → {times[-1]})")
     L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
-    L.append(f"- protocol: LR of each optimizer tuned on the validation split (seed {s.tune_seed}, full budget, shared "
-             f"half-decade grid walked from a reference point, ≤ {s.max_walk} points); then seeds {s.seeds} at "
+    L.append(f"- protocol: LR of each optimizer tuned on the validation split ({_tuning_text(s)}); then seeds {s.seeds} at "
              f"the chosen LR on the test set; NSF default also at budgets {s.budgets} (schedule compressed). "
              f"Error = 1 − accuracy (next-character accuracy for text).\n")
     if notes:
         L.append(notes.rstrip() + "\n")
     if s.search is not None:
-        L += _render_search(planner)
+        L += _render_search(dec)
     # overall table
     L.append("## Overall: best baseline vs NSF default (test error %, mean ± std over seeds)\n")
     L.append("| task | best baseline | its error | NSF default error | Δ (NSF − base) | time to target (curve) "
@@ -277,11 +279,9 @@ def render(planner: Planner, an: dict, files: dict, img_prefix: str = "", notes:
                 for b in sorted(res["budget_runs"])) + f". Target (best baseline final): {100 * res['target']:.2f} %.\n")
         L.append("<details><summary>LR tuning (validation error % per grid LR; † diverged)</summary>\n")
         for label, row in res["rows"].items():
-            items = []
-            for lr, r in row["tried"].items():
-                sc = score(r, text)
-                items.append(f"{lr:.3g}: " + ("†" if sc[0] else f"{100 * r['final']['error']:.2f}"))
-            L.append(f"- {label}: " + ", ".join(items) + (f" → **{row['lr']:.3g}**" if row["lr"] else ""))
+            items = [f"{lr:.3g}: " + ("†" if m["diverged"] else f"{100 * m['error']:.2f}") for lr, m in row["tried"]]
+            L.append(f"- {label}: " + ", ".join(items) + (f" → **{row['lr']:.3g}**" if row["lr"] else "")
+                     + (f" (flags: {', '.join(row['flags'])})" if row["flags"] else ""))
         L.append("\n</details>\n")
         for kind in ("curves", "budget"):
             if (task, kind) in files:
@@ -322,53 +322,77 @@ def _render_matrix(an: dict) -> list[str]:
     return L
 
 
-def _render_search(planner: Planner) -> list[str]:
-    todo, win, det = planner.search()
+def _tuning_text(s) -> str:
+    seeds = f"seed {s.tune_seeds[0]}" if len(s.tune_seeds) == 1 else f"mean over seeds {s.tune_seeds}"
+    if s.rule == "walk":
+        return (f"{seeds}, full budget, shared half-decade grid walked from a reference point, "
+                f"≤ {s.max_points or default_max_points('walk', Grid.default())} points")
+    return (f"{seeds}, full budget, the whole half-decade grid 1e-5..10, extended until the best point has two "
+            f"worse points on each side, then refined a quarter decade either side; criterion {s.criterion}")
+
+
+def _render_search(dec: Decided) -> list[str]:
+    det = dec.search()
     L = ["## Choice of the NSF default (declared search on validation splits)\n"]
-    if win is None:
+    if det is None:
         L.append("(search not finished)\n")
         return L
-    s = planner.suite.search
+    win = det["winner"]
+    s = dec.suite.search
     L.append(f"Tasks: {', '.join(s.tasks)} (validation split carved from train; test never used). Each candidate's "
              f"LR is tuned by the same grid walk; score = mean over tasks of the best validation error (tie: "
              f"validation loss). Stage A: p range × scale mode at period 250 steps, cosine; stage B: stage-A "
-             f"winner × period {s.periods} × shape {s.shapes}. One seed ({planner.suite.tune_seed}).\n")
+             f"winner × period {s.periods} × shape {s.shapes}. "
+             + (f"One seed ({ts[0]}).\n" if len(ts := dec.suite.tune_seeds) == 1 else f"Mean over seeds {ts}.\n"))
     for stage in ("stage_a", "stage_b"):
         L.append(f"**{stage.replace('_', ' ').title()}**\n")
         L.append("| candidate | mean val error % | mean val loss | " + " | ".join(f"{t} (lr, val err %)" for t in s.tasks) + " |")
         L.append("|---|---|---|" + "---|" * len(s.tasks))
-        for err, loss, spec, per in sorted(det[stage], key=lambda r: (r[0], r[1])):
-            cells = [f"{lr:.3g}, {100 * sc[1]:.2f}" if sc[0] == 0 else f"{lr:.3g}, †" for _, lr, sc in per]
-            mark = " **(winner)**" if spec == det["winner"] else ""
-            L.append(f"| `{spec_to_str(spec)}`{mark} | {100 * err:.2f} | {loss:.4f} | " + " | ".join(cells) + " |")
+        for row in sorted(det[stage], key=lambda r: (r["error"], r["loss"])):
+            cells = [f"{p['lr']:.3g}, †" if p["diverged"] else f"{p['lr']:.3g}, {100 * p['error']:.2f}"
+                     for p in row["per_task"]]
+            mark = " **(winner)**" if row["spec"] == win else ""
+            L.append(f"| `{spec_to_str(row['spec'])}`{mark} | {100 * row['error']:.2f} | {row['loss']:.4f} | "
+                     + " | ".join(cells) + " |")
         L.append("")
     L.append(f"**Winner: `{spec_to_str(win)}`** — used as \"NSF default\" in every table below.\n")
     return L
 
 
+def load(run_dir) -> Decided:
+    """The recorded sweep in ``run_dir``: its suite and ``decisions.json``.  Where ``decisions.json`` is missing
+    (a directory from before it) or older than ``runs.jsonl`` (a driver killed mid-sweep), the decisions are
+    derived from ``runs.jsonl`` by the suite's planner instead (not written: the driver is their writer)."""
+    sw = Sweep.open(run_dir)
+    suite = suite_from_dict(sw.suite)
+    d = sw.decisions()
+    runs = sw.store.path
+    if d is None or (runs.exists() and sw.decisions_file.stat().st_mtime_ns < runs.stat().st_mtime_ns):
+        d = Planner(suite, sw.store).decisions()  # no decisions.json, or older than the last finished run
+    return Decided(suite, sw.store, d)
+
+
 def write_report(run_dir, results_md=None, plots_dir=None, plot_prefix: str = "", notes=None) -> Path:
     """Write DIR/report.md, DIR/plots/*.png, DIR/summary.json; optionally also ``results_md`` with its plots
     copied to ``plots_dir`` (default: ``results_plots/`` beside it) under ``plot_prefix + name``."""
+    dec = load(run_dir)
     run_dir = Path(run_dir)
-    store = RunStore(run_dir)
-    sfile = run_dir / "suite.json"
-    suite = suite_from_dict(json.loads(sfile.read_text())) if sfile.exists() else get_suite("quick")
-    planner = Planner(suite, store)
-    an = analyse(planner)
-    files = _plots(planner, an, run_dir / "plots")
-    md = render(planner, an, files, img_prefix="plots/")
+    an = analyse(dec)
+    files = _plots(dec, an, run_dir / "plots")
+    md = render(dec, an, files, img_prefix="plots/")
     path = run_dir / "report.md"
     path.write_text(md)
     (run_dir / "summary.json").write_text(json.dumps(_summary(an), indent=1))
     if results_md:
         results_md = Path(results_md)
+        results_md.parent.mkdir(parents=True, exist_ok=True)
         img_dir = Path(plots_dir) if plots_dir else results_md.parent / "results_plots"
         img_dir.mkdir(parents=True, exist_ok=True)
         for f in set(files.values()):
             shutil.copy(run_dir / "plots" / f, img_dir / (plot_prefix + f))
         rel = os.path.relpath(img_dir, results_md.parent)
         text = Path(notes).read_text() if notes else ""
-        results_md.write_text(render(planner, an, files, img_prefix=rel + "/" + plot_prefix, notes=text))
+        results_md.write_text(render(dec, an, files, img_prefix=rel + "/" + plot_prefix, notes=text))
     return path
 
 

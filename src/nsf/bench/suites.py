@@ -2,9 +2,10 @@
 
 Protocol, per task:
   stage "tune"   each optimizer's base LR is chosen on the validation split (carved from the training set)
-                 with seed ``tune_seed`` and the full budget, on ONE shared log grid (half-decades).  The
-                 grid is walked from the optimizer's reference point: its neighbours are evaluated, and the
-                 walk extends toward the better side until the best LR is interior (or at the grid edge).
+                 with seeds ``tune_seeds`` and the full budget by the one tuner (nsf.experiment.tuner) on
+                 ONE shared log grid (half-decades), with the suite's ``rule`` and ``criterion``.  Rule
+                 "walk" (these suites, the committed archive): the grid is walked from the optimizer's
+                 reference point until the best LR is interior (or at the grid edge, or ``max_points``).
                  Diverged runs count as worst and are kept.
   stage "seeds"  every optimizer at its chosen LR, ``seeds`` seeds, evaluated on the test set.
   stage "budget" the NSF default at budgets in ``budgets`` (whole schedule compressed), same seeds.
@@ -14,55 +15,9 @@ Everything is a pure function of the finished runs, so a resumed sweep plans exa
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-LR_GRID = [round(10 ** (k / 2), 12) for k in range(-10, 3)]  # 1e-5 ... 10, half-decades
-
-
-def _snap(lr: float) -> int:
-    return min(range(len(LR_GRID)), key=lambda i: abs(math.log10(LR_GRID[i]) - math.log10(lr)))
-
-
-def ref_lr(spec: dict) -> float:
-    """Starting point of the LR walk: the spec's own lr, else a scale-aware guess."""
-    import inspect
-
-    from nsf.registry import OPTIMIZERS
-    name = spec["name"]
-    factory, preset = OPTIMIZERS[name]
-    if "lr" in spec:
-        return float(spec["lr"])
-    try:  # effective options = constructor defaults < registry preset (< spec, below)
-        defaults = {k: v.default for k, v in inspect.signature(factory).parameters.items()
-                    if v.default is not inspect.Parameter.empty}
-    except (TypeError, ValueError):
-        defaults = {}
-    preset = {**defaults, **preset}
-    if name.startswith("nsf") or name == "padam":
-        scale = spec.get("scale", preset.get("scale", "raw"))
-        if scale == "adam":
-            return 1e-3
-        if scale == "sgd":
-            return 1e-1
-        p = spec.get("p", preset.get("p"))
-        c = _centre(p)
-        if c is not None:  # raw: step ~ |g|^(1-2p): p = 1/2 -> Adam scale, p = 0 -> SGD-EMA scale
-            return 10 ** (-3 + 4 * (0.5 - c))
-    return float(preset.get("lr", 1e-3))
-
-
-def _centre(p):
-    if hasattr(p, "to_dict"):
-        p = p.to_dict()
-    if isinstance(p, (int, float)):
-        return float(p)
-    if isinstance(p, dict):
-        if p.get("type") == "constant":
-            return float(p["value"])
-        if p.get("type") == "cyclic":
-            return 0.5 * (p["low"] + p["high"])
-    return None
+from nsf.experiment.tuner import CRITERIA, LRTuner
 
 
 @dataclass
@@ -72,7 +27,6 @@ class Search:
     stage_a: list           # specs: p range x scale mode, at a fixed period/shape
     periods: list           # stage B: the winner of A at each period x shape
     shapes: list
-    seed: int = 0
 
     def stage_b(self, winner: dict) -> list:
         out = []
@@ -94,10 +48,20 @@ class Suite:
     ablations: bool = True               # NSF fixed p at the values the cycle visits + raw/sgd/adam cyclic
     seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     budgets: list = field(default_factory=lambda: [0.25, 0.5])
-    tune_seed: int = 100
-    max_walk: int = 6
+    tune_seeds: list = field(default_factory=lambda: [100])
+    rule: str = "walk"                   # LR search rule of nsf.experiment.tuner: "walk" or "full"
+    max_points: int | None = None        # the tuner's cap on grid points (None: the rule's default)
+    criterion: str = "auto"              # tuning score: "error", "loss", or "auto" (loss for text, else error)
     search: Search | None = None
     extra: list = field(default_factory=list)  # (label, spec) from the command line
+
+    def __post_init__(self):
+        if self.criterion not in CRITERIA + ("auto",):
+            raise ValueError(f"suite {self.name!r}: unknown criterion {self.criterion!r}")
+        try:  # rule, tuning seeds and point cap are checked by the tuner itself
+            LRTuner(1e-3, rule=self.rule, seeds=self.tune_seeds, max_points=self.max_points)
+        except ValueError as e:
+            raise ValueError(f"suite {self.name!r}: {e}") from None
 
 
 def _cyclic(low, high, period=250, shape="cosine"):
@@ -117,10 +81,10 @@ SEARCH = Search(
 
 SUITES = {
     "smoke": Suite("smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam")], default="nsf",
-                   ablations=False, seeds=[0, 1], budgets=[0.5], max_walk=3),
+                   ablations=False, seeds=[0, 1], budgets=[0.5], max_points=3),
     "quick": Suite("quick", ["digits-mlp", "mnist1d-mlp-short", "shakespeare-gru-short"],
                    [("SGD-M", "sgd"), ("Adam", "adam")], default="nsf", ablations=False, seeds=[0, 1, 2],
-                   budgets=[0.25, 0.5], max_walk=6),
+                   budgets=[0.25, 0.5], max_points=6),
     "standard": Suite("standard", ["digits-mlp", "mnist1d-mlp", "fashion-mlp", "mnist1d-cnn", "mnist-cnn",
                                    "fashion-cnn", "shakespeare-gru"], BASELINES, default=None, search=SEARCH),
     "search": Suite("search", [], [], default=None, search=SEARCH),
@@ -133,3 +97,30 @@ def get_suite(name: str) -> Suite:
         return copy.deepcopy(SUITES[name])
     except KeyError:
         raise ValueError(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}") from None
+
+
+def suite_to_dict(s: Suite) -> dict:
+    import dataclasses
+    return dataclasses.asdict(s)
+
+
+def suite_from_dict(d: dict) -> Suite:
+    """A suite from its ``suite.json`` form; directories written before the tuner (``tune_seed``, ``max_walk``,
+    ``search.seed``) still load."""
+    try:
+        return _suite_from_dict(dict(d))
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        from nsf.experiment.sweep import UserError
+        raise UserError(f"invalid suite.json: {type(e).__name__}: {e}") from None
+
+
+def _suite_from_dict(d: dict) -> Suite:
+    if "tune_seed" in d:
+        d["tune_seeds"] = [d.pop("tune_seed")]
+    if "max_walk" in d:
+        d["max_points"] = d.pop("max_walk")
+    if d.get("search"):
+        d["search"] = Search(**{k: v for k, v in d["search"].items() if k != "seed"})
+    d["extra"] = [tuple(x) for x in d.get("extra", [])]
+    d["baselines"] = [tuple(x) for x in d.get("baselines", [])]
+    return Suite(**d)

@@ -158,7 +158,7 @@ class CurveRecorder:
 
 
 def run_config(config: dict, *, device="cpu", data_root: str | None = None, progress=None) -> dict:
-    """Train one benchmark run (a config of ``nsf.bench.runner.make_config``); returns ``{"final": metrics,
+    """Train one benchmark run (a config of ``nsf.experiment.store.make_config``); returns ``{"final": metrics,
     "curves": curves}`` as stored in a bench record.  Never raises on divergence."""
     from nsf import create_optimizer
 

@@ -15,8 +15,8 @@ Rules:
   point has at least two evaluated points on each side, at most ``max_points`` grid points; then a refinement
   at half the grid step on each side of the best.
 
-Scores are tuples, lower is better (see :func:`score`); a learning rate's score is the element-wise mean over
-its tuning seeds.  The decision carries flags: ``"edge"`` (the choice is not inside the
+Scores are tuples ``(status, primary, tie-break...)``, lower is better (see :func:`score`; a bare number is
+accepted, see :func:`as_score`); a learning rate's score is the element-wise mean over its tuning seeds.  The decision carries flags: ``"edge"`` (the choice is not inside the
 evaluated grid points), ``"cap"`` (the search stopped at ``max_points`` while the best was not bracketed) and
 ``"within-one-sample"`` (another learning rate's primary score is within ``resolution`` of the best, e.g. one
 validation sample of the error).
@@ -50,6 +50,14 @@ def score(rec: Mapping | None, criterion: str = "error") -> tuple:
     if f.get("diverged") or loss is None or not math.isfinite(loss):
         return (1, INF, INF)
     return (0, loss, f["error"]) if criterion == "loss" else (0, f["error"], loss)
+
+
+def as_score(x) -> tuple:
+    """A score tuple; a bare number ``x`` (lower is better, NaN/inf = diverged) becomes ``(0, x)`` or ``(1, inf)``."""
+    if isinstance(x, tuple):
+        return x
+    x = float(x)
+    return (0, x) if math.isfinite(x) else (1, INF)
 
 
 def mean_score(per_seed: Sequence[tuple]) -> tuple:
@@ -167,6 +175,12 @@ class Decision:
         return {"lr": self.lr, "scores": [[lr, list(s)] for lr, s in self.scores.items()], "flags": list(self.flags)}
 
 
+def default_max_points(rule: str, grid: Grid) -> int:
+    """The cap on evaluated grid points: 6 for "walk"; the declared grid plus six (three decades) for "full"."""
+    a, b = grid.range
+    return 6 if rule == "walk" else b - a + 1 + 6
+
+
 class LRTuner:
     """Ask/tell LR search on a declared grid (see the module docstring for the rules)."""
 
@@ -183,7 +197,7 @@ class LRTuner:
         if rule == "walk" and start_lr is None:
             raise ValueError("rule 'walk' needs start_lr")
         self.start_lr = start_lr
-        self.max_points = max_points if max_points is not None else (6 if rule == "walk" else b - a + 1 + 6)
+        self.max_points = max_points if max_points is not None else default_max_points(rule, self.grid)
         if self.max_points < (3 if rule == "walk" else b - a + 1):
             raise ValueError(f"max_points={self.max_points} is smaller than the rule's first round")
         self.resolution = resolution
@@ -195,7 +209,7 @@ class LRTuner:
         for lr, per in scores.items():
             per = list(per.values()) if isinstance(per, Mapping) else list(per)
             if len(per) >= len(self.seeds) and self.grid.on_lattice(lr):
-                out[self.grid.fine(lr)] = mean_score(per[:len(self.seeds)])
+                out[self.grid.fine(lr)] = mean_score([as_score(x) for x in per[:len(self.seeds)]])
         return out
 
     def _run(self, scores) -> tuple[list[int], int | None, list[int], list[str]]:
@@ -275,11 +289,12 @@ class LRTuner:
 
 
 def tune(run: Callable[[float, int], tuple], tuner: LRTuner) -> Decision:
-    """Blocking search: ``run(lr, seed) -> score tuple`` for every pending lr and tuning seed until decided."""
+    """Blocking search: ``run(lr, seed) -> score`` (a tuple, or a number: see :func:`as_score`) for every
+    pending lr and tuning seed until decided."""
     scores: dict[float, list[tuple]] = {}
     while True:
         todo = tuner.pending(scores)
         if not todo:
             return tuner.decide(scores)
         for lr in todo:
-            scores[lr] = [tuple(run(lr, s)) for s in tuner.seeds]
+            scores[lr] = [as_score(run(lr, s)) for s in tuner.seeds]

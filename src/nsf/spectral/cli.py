@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import time
+
+from nsf.experiment.sweep import UserError, positive_int
 
 INSTRUMENTS = {
     "response": "the optimizer as a filter: cross-coordinate gain and single-tone transfer (SPEC §4.1)",
@@ -14,11 +17,17 @@ INSTRUMENTS = {
 
 
 def _seeds(text: str) -> list[int]:
-    """'5' -> [0..4]; '0,3,7' -> [0, 3, 7] (a list: anything with a comma)."""
-    text = text.strip()
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    return list(range(int(text)))
+    """'5' -> [0..4]; '0,3,7' -> [0, 3, 7] (seeds are non-negative integers)."""
+    import argparse
+    if "," not in text:
+        return list(range(positive_int(text)))
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a count ('5') or a comma list ('0,3,7')") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are non-negative integers")
+    return seeds
 
 
 def _grid(text: str):
@@ -41,7 +50,7 @@ def register(subparsers) -> None:
         q = sub.add_parser(name, help=help_text, description=help_text)
         q.add_argument("--quick", action="store_true", help="small settings for CI (well under a minute)")
         q.add_argument("--out", required=True, help="output folder for JSON and PNG files")
-        q.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        q.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
         q.add_argument("--optimizers", nargs="+", default=None, metavar="SPEC",
                        help="registry specs, e.g. adam 'nsf-fixed:p=-0.25' (default: the instrument's list)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -65,14 +74,19 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ._common import set_threads
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} exists and is not a directory")
     set_threads(args.threads)
     mod = importlib.import_module(f"nsf.spectral.{args.instrument}")
     if args.replot:
         import json
-        import os
 
-        with open(os.path.join(args.out, f"{args.instrument}.json")) as fh:
-            data = json.load(fh)
+        path = os.path.join(args.out, f"{args.instrument}.json")
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--replot: cannot read {path} ({type(e).__name__}: {e})") from None
         if hasattr(mod, "reanalyse"):
             data = mod.reanalyse(data)
             from nsf.experiment.util import write_json_atomic

@@ -15,15 +15,14 @@ import hashlib
 import json
 import os
 import platform
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nsf.experiment.tasks import Task, get_task
-from nsf.experiment.train import run_config
-from nsf.experiment.util import jsonable, write_json_atomic
+from nsf.experiment.util import write_json_atomic
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -60,13 +59,18 @@ class RunStore:
             self._records = {}
             if self.path.exists():
                 with open(self.path, "rb") as f:
-                    for raw in f:
+                    for n, raw in enumerate(f, 1):
                         try:
                             rec = json.loads(raw.decode("utf-8"))
                         except (ValueError, UnicodeDecodeError):
-                            continue  # torn line from an interrupted write
-                        if isinstance(rec, dict) and "run_id" in rec:
-                            self._records.setdefault(rec["run_id"], rec)
+                            rec = None  # e.g. a torn line from an interrupted write
+                        if not (isinstance(rec, dict) and {"run_id", "config", "final"} <= set(rec)):
+                            print(f"warning: {self.path} line {n} is damaged and was skipped (its run, if any, "
+                                  "counts as not done)", file=sys.stderr)
+                            continue
+                        have = self._records.get(rec["run_id"])
+                        if have is None or have["final"].get("failed"):  # a failed run retried later
+                            self._records[rec["run_id"]] = rec
         return self._records
 
     def __contains__(self, rid: str) -> bool:
@@ -95,7 +99,7 @@ class RunStore:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Execution (the training itself is nsf.experiment.train.run_config)
+# Provenance and device
 
 def versions() -> dict:
     import nsf
@@ -109,18 +113,3 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but CUDA is not available")
     return torch.device(device)
-
-
-def run_and_store(store: RunStore, config: dict, meta: dict | None = None, device="cpu",
-                  data_root: str | None = None, progress=None) -> dict:
-    rid = run_id(config)
-    if rid in store:
-        return store.records()[rid]
-    t0 = time.time()
-    out = run_config(config, device=device, data_root=data_root, progress=progress)
-    record = {"run_id": rid, "config": config, "seed": config["seed"], "final": jsonable(out["final"]),
-              "wall_s": time.time() - t0, "versions": versions(), "device": str(device),
-              "threads": torch.get_num_threads(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "curve_file": f"curves/{rid}.json", **(meta or {})}
-    store.add(record, out["curves"])
-    return record
