@@ -196,13 +196,25 @@ def test_fsdp2_fully_shard_matches_including_grafted_norms(results, name):
     assert infos[0]["local_rows"] < infos[0]["rows"]  # really sharded
 
 
-def test_sharded_norm_would_differ():
-    """Guards the FSDP2 test's power: graft each half of a tensor on its own and the step changes."""
-    torch.manual_seed(0)
-    d, ref = torch.randn(16, 6, dtype=torch.float64), torch.randn(16, 6, dtype=torch.float64)
-    whole = d * ref.norm() / d.norm()
-    halves = torch.cat([a * b.norm() / a.norm() for a, b in zip(d.chunk(2), ref.chunk(2))])
-    assert (whole - halves).abs().max() > 1e-3
+@pytest.mark.parametrize("scale", ["sgd", "adam"])
+def test_sharded_norm_would_differ(scale):
+    """Guards the FSDP2 test's power: NSF grafting each half of a tensor on its own (as a shard-local norm
+    would) moves the parameters far beyond that test's tolerance, while the raw scale does not care."""
+    def run(halves: bool, scale: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        w = torch.randn(16, 6, dtype=torch.float64)
+        params = [torch.nn.Parameter(c.clone()) for c in w.chunk(2)] if halves else [torch.nn.Parameter(w)]
+        opt = nsf.NSF(params, lr=LR, p=SCHEDULE, scale=scale)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(STEPS):
+            grad = torch.randn(16, 6, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 16)[:, None]
+            for q, gq in zip(params, grad.chunk(len(params))):
+                q.grad = gq
+            opt.step()
+        return torch.cat([q.detach() for q in params])
+
+    assert _max_diff(run(True, scale), run(False, scale)) > 1e-4
+    assert _max_diff(run(True, "raw"), run(False, "raw")) <= 1e-12
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -137,8 +137,9 @@ def _batch(seed):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_training_matches_float32_closely(dtype):
-    """float32 parameters, autocast forward: NSF steps on the float32 gradients as usual."""
-    m_amp, m_ref = _model(), _model()
+    """float32 parameters, autocast forward: NSF steps on the float32 gradients as usual. The whole update
+    Δθ over 10 steps is compared (the parameters themselves move by only ~5e-4)."""
+    m_amp, m_ref, m_start = _model(), _model(), _model()
     o_amp = nsf.NSF(m_amp.parameters(), lr=3e-3, scale="raw", p=-0.25)
     o_ref = nsf.NSF(m_ref.parameters(), lr=3e-3, scale="raw", p=-0.25)
     for k in range(10):
@@ -146,12 +147,20 @@ def test_autocast_training_matches_float32_closely(dtype):
         for m, o, amp in ((m_amp, o_amp, True), (m_ref, o_ref, False)):
             o.zero_grad()
             with torch.autocast("cpu", dtype=dtype, enabled=amp):
-                loss = torch.nn.functional.cross_entropy(m(x), y)
+                out = m(x)
+                loss = torch.nn.functional.cross_entropy(out, y)
+            assert out.dtype == (dtype if amp else torch.float32)  # autocast really ran the forward
             loss.backward()
             o.step()
     assert all(q.dtype == torch.float32 for q in m_amp.parameters())
-    for a, b in zip(m_amp.parameters(), m_ref.parameters()):
-        torch.testing.assert_close(a, b, rtol=0.05, atol=2e-3)
+
+    def update(model):
+        return torch.cat([(q - q0).detach().flatten() for q, q0 in zip(model.parameters(), m_start.parameters())])
+
+    d_amp, d_ref = update(m_amp), update(m_ref)
+    rel = float((d_amp - d_ref).norm() / d_ref.norm())
+    # measured: 0.8 % (bf16), 0.07 % (fp16); an untouched or wrongly stepped model is off by ~100 %
+    assert 0 < rel < 0.05
 
 
 def test_fp16_grad_scaler_skips_overflowing_steps_and_matches_unscaled():

@@ -105,3 +105,95 @@ def test_epochs_helper():
 def test_bad_parameters_raise_naming_them(make, name):
     with pytest.raises(ValueError, match=name):
         make()
+
+
+@pytest.mark.parametrize("cycles, total", [(4, 1000), (3, 1000), (1, 7), (2.5, 100)])
+def test_cycles_per_run_complete_exactly_in_the_run(cycles, total):
+    sched = S.Cyclic(-0.25, 0.25, cycles=cycles, total_steps=total, shape="cosine")
+    length = total / cycles
+    values = [sched(s) for s in range(total + 1)]
+    assert values[0] == -0.25 and values[total] == pytest.approx(-0.25 if cycles == int(cycles) else 0.25)
+    # k whole cycles: the value at step s equals the closed form with the (unrounded) period T/k
+    assert values == pytest.approx([-0.25 + 0.5 * 0.5 * (1 - math.cos(2 * math.pi * s / length))
+                                    for s in range(total + 1)], abs=1e-12)
+
+
+def test_cycles_per_run_equal_the_period_form_when_it_divides():
+    a = S.Cyclic(-0.25, 0.25, cycles=4, total_steps=1000, shape="cosine")
+    b = S.Cyclic(-0.25, 0.25, period=250, shape="cosine")
+    assert [a(s) for s in range(1200)] == [b(s) for s in range(1200)]  # bit for bit
+    assert a.to_dict() == {"type": "cyclic", "low": -0.25, "high": 0.25, "cycles": 4.0, "total_steps": 1000,
+                           "shape": "cosine", "phase": 0.0}
+    assert a != b  # different descriptions: one follows the run's length, one does not
+
+
+def test_cycles_per_run_saved_with_weights_only_and_resolved_by_per_run():
+    sched = S.Cyclic(0.0, 1.0, cycles=2, total_steps=30, shape="triangle", phase=0.25)
+    buffer = io.BytesIO()
+    torch.save({"schedule": sched.to_dict()}, buffer)
+    buffer.seek(0)
+    assert S.from_dict(torch.load(buffer, weights_only=True)["schedule"]) == sched
+    unresolved = {"type": "cyclic", "low": 0.0, "high": 1.0, "cycles": 2, "shape": "triangle", "phase": 0.25}
+    assert S.from_dict(S.per_run(unresolved, 30)) == sched
+    assert S.per_run({"type": "constant", "value": 1.0}, None) == {"type": "constant", "value": 1.0}
+    with pytest.raises(ValueError, match="total_steps"):
+        S.per_run(unresolved, None)
+    with pytest.raises(ValueError, match="stated per run.*total_steps"):
+        S.from_dict(unresolved)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: S.Cyclic(0, 1), "period"),
+    (lambda: S.Cyclic(0, 1, 10, cycles=2, total_steps=20), "either"),
+    (lambda: S.Cyclic(0, 1, 10, total_steps=20), "total_steps goes with cycles"),
+    (lambda: S.Cyclic(0, 1, cycles=0, total_steps=20), "cycles"),
+    (lambda: S.Cyclic(0, 1, cycles=30, total_steps=20), "exceed"),
+    (lambda: S.Cyclic(0, 1, cycles=2, total_steps=2.5), "total_steps"),
+    (lambda: S.from_dict({"type": "sequence"}), "sequence is described"),
+    (lambda: S.from_dict({"type": "sequence", "segments": [5]}), r"segments\[0\]"),
+    (lambda: S.from_dict({"type": "cyclic", "low": 0, "high": 1, "perod": 3}), "no parameter perod"),
+    (lambda: S.from_dict({"type": "anneal", "start": 0}), "anneal schedule.*end"),
+])
+def test_malformed_cycles_and_descriptions_raise_value_errors(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+def _adam_like(lr=0.1):
+    return torch.optim.Adam([torch.zeros(2, requires_grad=True)], lr=lr)
+
+
+@pytest.mark.parametrize("key, schedule, where", [
+    ("beta2", S.Anneal(0.9, 1.0, 100), "beta2 must be in \\[0, 1\\)"),
+    ("beta1", S.Cyclic(0.5, 0.99, 10, quantize=0.25), "beta1 must be in \\[0, 1\\).*reaches 1.0"),
+    ("lr", -0.1, "lr must be >= 0"),
+    ("lr", S.Sequence([(5, S.Constant(0.1)), (5, S.Anneal(0.1, -0.1, 5))]), "lr must be >= 0"),
+    ("weight_decay", -1e-4, "weight_decay must be >= 0"),
+])
+def test_scheduler_refuses_values_out_of_range_up_front(key, schedule, where):
+    opt = _adam_like()
+    before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(ValueError, match=where):
+        S.HyperparamScheduler(opt, key, schedule)
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == \
+        [{k: v for k, v in g.items() if k != "params"} for g in before]  # nothing written
+
+
+def test_scheduler_checks_callable_values_as_it_runs_and_writes_nothing_bad():
+    opt = _adam_like()
+    sched = S.HyperparamScheduler(opt, "beta2", lambda step: 0.9 if step < 2 else 1.0)
+    sched.step()
+    assert opt.param_groups[0]["betas"][1] == 0.9
+    with pytest.raises(ValueError, match="beta2 must be in .*gives 1.0 at step 2"):
+        sched.step()
+    assert opt.param_groups[0]["betas"][1] == 0.9 and sched.last_step == 1
+
+
+def test_scheduler_load_state_dict_checks_the_loaded_schedules():
+    opt = _adam_like()
+    sched = S.HyperparamScheduler(opt, "beta2", S.Constant(0.99))
+    sd = sched.state_dict()
+    sd["schedules"] = [S.Anneal(0.99, 1.0, 10).to_dict()]
+    with pytest.raises(ValueError, match="beta2 must be in"):
+        sched.load_state_dict(sd)
+    assert sched.schedules == [S.Constant(0.99)] and opt.param_groups[0]["betas"][1] == 0.99

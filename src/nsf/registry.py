@@ -2,20 +2,23 @@
 
 A spec is a name (``"adam"``), a name with options (``"nsf-fixed:p=-0.25,lr=3e-3"``,
 ``"nsf-cyclic-adam:p=cyclic(-0.25,0.25,500,cosine)"``) or a dict (``{"name": "nsf-fixed", "p": -0.25}``).
-``parse_spec`` turns any of them into a canonical JSON-able dict, which is what experiment records store.
+``parse_spec`` turns any of them into a canonical JSON-able dict, which is what experiment records store; it
+types and validates every value, so a bad spec fails before any run starts. A p cycle may be stated per run
+(``p=cyclic(-0.25,0.25,cycles=4)``): ``create_optimizer(spec, params, total_steps=T)`` gives it the run's length.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import numbers
 import re
 from typing import Any, Callable
 
 import torch
 
 from . import schedules
-from .optim import NSF
+from .optim import FSGDM, NSF
 from .optim.defaults import DEFAULT_P
 
 __all__ = ["OPTIMIZERS", "create_optimizer", "parse_spec", "spec_to_str"]
@@ -30,10 +33,12 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], dict[str, Any]
     # Padam (Chen et al. 2020): fixed p = 1/8 with AMSGrad; bias correction as torch's amsgrad does it.
     "padam": (NSF, {"lr": 0.1, "p": 0.125, "amsgrad": True, "scale": "raw"}),
     "nsf": (NSF, {}),
-    "nsf-fixed": (NSF, {"p": 0.25, "scale": "raw"}),
+    "nsf-fixed": (NSF, {"lr": 1.0, "p": 0.25, "scale": "raw"}),
     "nsf-cyclic": (NSF, {"lr": 1e-2, "p": _CYCLE, "scale": "raw"}),
     "nsf-cyclic-sgd": (NSF, {"lr": 1e-2, "p": _CYCLE, "scale": "sgd"}),
     "nsf-cyclic-adam": (NSF, {"lr": 1e-3, "p": _CYCLE, "scale": "adam"}),
+    # FSGDM (arXiv 2411.19671), the frequency-domain peer; needs total_steps=T. lr: SGD-M's, as the paper does.
+    "fsgdm": (FSGDM, {"lr": 0.05}),
 }
 
 
@@ -65,11 +70,21 @@ _SCHEDULE_CALL = re.compile(r"^(constant|cyclic|anneal)\((.*)\)$", re.IGNORECASE
 _SCHEDULE_ARGS = {"constant": ("value",), "cyclic": ("low", "high", "period", "shape", "phase"),
                   "anneal": ("start", "end", "steps", "shape")}
 
+#: how each option's value is read: flags are booleans, optional flags also None (torch chooses), pairs are
+#: two numbers, words are names; every other option is a number. ``p`` is a number or a schedule.
+_FLAGS = {"amsgrad", "maximize", "nesterov", "capturable", "differentiable", "decoupled_weight_decay"}
+_OPTIONAL_FLAGS = {"foreach", "fused"}
+_PAIRS = {"betas"}
+_WORDS = {"scale", "state_dtype"}
+_SCHEDULED = {"p"}
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
-def _value(text: str) -> Any:
+
+def _schedule_call(text: str) -> dict[str, Any] | None:
+    """``cyclic(-0.25,0.25,cycles=4)`` -> its description (a per-run cycle keeps no ``total_steps``)."""
     match = _SCHEDULE_CALL.match(text.strip())
     if not match:
-        return _literal(text)
+        return None
     kind = match.group(1).lower()
     kwargs: dict[str, Any] = {}
     for i, arg in enumerate(_split_top_level(match.group(2))):
@@ -80,30 +95,108 @@ def _value(text: str) -> Any:
             kwargs[_SCHEDULE_ARGS[kind][i]] = _literal(arg)
         else:
             raise ValueError(f"too many arguments in {text!r}")
-    return schedules.from_dict({"type": kind, **kwargs}).to_dict()
+    return {"type": kind, **kwargs}
 
 
-def _canonical(options: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, val in options.items():
-        if isinstance(val, schedules.Schedule):
-            d = val.to_dict()
-            if d is None:
-                raise ValueError(f"{key}: a plain-callable schedule cannot be part of a spec")
-            val = d
-        elif isinstance(val, tuple):
-            val = list(val)
-        out[key] = val
-    return out
+def _schedule(key: str, value: Any) -> Any:
+    """A number or a canonical schedule description; a per-run cycle is checked and kept without its length."""
+    if callable(value) and not isinstance(value, torch.Tensor):  # a Schedule, or a plain f(step)
+        description = value.to_dict() if isinstance(value, schedules.Schedule) else None
+        if description is None:
+            raise ValueError(f"{key}: a plain-callable schedule cannot be part of a spec")
+        value = description
+    if isinstance(value, dict):
+        unresolved = "cycles" in value and "total_steps" not in value
+        d = schedules.from_dict(schedules.per_run(value, 1_000_000 if unresolved else None)).to_dict()
+        if unresolved:
+            del d["total_steps"]
+        return d
+    return _number(key, value)
+
+
+def _number(key: str, value: Any) -> float | int:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    return value if isinstance(value, (int, float)) else float(value)  # numpy scalars -> float
+
+
+def _typed(key: str, value: Any) -> Any:
+    """The option's value as its type demands (text from a spec string or a Python value), or a ValueError."""
+    text = value.strip() if isinstance(value, str) else None
+    if key in _FLAGS or key in _OPTIONAL_FLAGS:
+        if isinstance(value, bool) or (value is None and key in _OPTIONAL_FLAGS):
+            return value
+        if text is not None and text.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[text.lower()]
+        if text is not None and text.lower() == "none" and key in _OPTIONAL_FLAGS:
+            return None
+        allowed = "true/false/1/0/yes/no" + ("/none" if key in _OPTIONAL_FLAGS else "")
+        raise ValueError(f"{key} must be a boolean ({allowed}, any case), got {value!r}")
+    if key in _WORDS:
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a name, got {value!r}")
+        return text
+    if text is not None:
+        call = _schedule_call(text) if key in _SCHEDULED else None
+        value = call if call is not None else _literal(text)
+    if key in _PAIRS:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f"{key} must be a pair of numbers such as {key}=(0.9,0.999), got {value!r}")
+        return [_number(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    if key in _SCHEDULED:
+        return _schedule(key, value)
+    return _number(key, value)
+
+
+def _check_names(name: str, options: dict[str, Any]) -> None:
+    accepted = inspect.signature(OPTIMIZERS[name][0]).parameters
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown:
+        valid = ", ".join(k for k in accepted if k != "params")
+        raise ValueError(f"optimizer {name!r} has no option {', '.join(unknown)}; its options: {valid}")
+
+
+def _options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options typed and checked against ``name``'s constructor (every value validated before a run starts)."""
+    factory, preset = OPTIMIZERS[name]
+    _check_names(name, options)
+    typed = {key: _typed(key, val) for key, val in options.items()}
+    try:  # the constructor's own checks (ranges, enums), on a stand-in parameter
+        _build(factory, [torch.zeros(1, requires_grad=True)], {**preset, **typed}, total_steps=1_000_000)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"optimizer {name!r}: {e}") from None
+    return typed
+
+
+def _build(factory, params, options: dict[str, Any], total_steps: int | None) -> torch.optim.Optimizer:
+    try:
+        options = {key: schedules.per_run(val, total_steps) for key, val in options.items()}
+    except ValueError as e:
+        raise ValueError(f"{e}: create_optimizer(spec, params, total_steps=T)") from None
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    if "total_steps" in inspect.signature(factory).parameters and "total_steps" not in options:
+        if total_steps is None:  # e.g. FSGDM: its momentum schedule is stated over the run
+            raise ValueError("this optimizer needs the run's length: create_optimizer(spec, params, total_steps=T)")
+        options["total_steps"] = total_steps
+    return factory(params, **options)
 
 
 def parse_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
-    """Canonical ``{"name": ..., option: value, ...}`` for any spec form (presets not filled in)."""
+    """Canonical, JSON-able ``{"name": ..., option: value, ...}`` for any spec form (presets not filled in).
+
+    Every value is typed and validated here (a ValueError names the option), so a bad spec fails before any
+    run starts. Booleans are ``true/false/1/0/yes/no`` in any case; pairs such as ``betas`` are
+    ``(0.9,0.999)``; a cycle stated per run (``p=cyclic(-0.25,0.25,cycles=4)``) is resolved by
+    ``create_optimizer(..., total_steps=T)``.
+    """
     if isinstance(spec, dict):
         options = dict(spec)
         name = options.pop("name", None)
-        if name is None:
-            raise ValueError(f"a dict spec needs a 'name' key; got {spec!r}")
+        if not isinstance(name, str):
+            raise ValueError(f"a dict spec needs a 'name' key naming the optimizer; got {spec!r}")
     elif isinstance(spec, str):
         name, _, rest = spec.strip().partition(":")
         options = {}
@@ -111,13 +204,13 @@ def parse_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
             if "=" not in item:
                 raise ValueError(f"option {item!r} in spec {spec!r} is not key=value")
             key, val = item.split("=", 1)
-            options[key.strip()] = _value(val.strip())
+            options[key.strip()] = val.strip()
     else:
         raise ValueError(f"an optimizer spec is a string or a dict, got {type(spec).__name__}")
     name = name.strip().lower()
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
-    return {"name": name, **_canonical(options)}
+    return {"name": name, **_options(name, options)}
 
 
 def _schedule_str(d: dict[str, Any]) -> str:
@@ -129,7 +222,12 @@ def _schedule_str(d: dict[str, Any]) -> str:
     def text(v: Any) -> str:  # shortest exact form: 0.0 -> 0, 0.25 -> 0.25
         return repr(v)[:-2] if isinstance(v, float) and repr(v).endswith(".0") else str(v)
 
-    args = [text(rest.pop(k)) for k in names if k in rest] + [f"{k}={text(v)}" for k, v in rest.items()]
+    args = []
+    for k in names:  # positional while the names come in order, then by keyword (cycles=4 has no period)
+        if k not in rest:
+            break
+        args.append(text(rest.pop(k)))
+    args += [f"{k}={text(v)}" for k, v in rest.items()]
     return f"{d['type']}({','.join(args)})"
 
 
@@ -137,21 +235,24 @@ def spec_to_str(spec: str | dict[str, Any]) -> str:
     """Short, stable, human-readable form of a spec (labels, reports); ``parse_spec`` reads it back."""
     d = parse_spec(spec)
     name = d.pop("name")
-    items = [f"{k}={_schedule_str(v) if isinstance(v, dict) and 'type' in v else v}" for k, v in sorted(d.items())]
+    def text(v: Any) -> str:
+        if isinstance(v, dict) and "type" in v:
+            return _schedule_str(v)
+        return f"({','.join(map(str, v))})" if isinstance(v, list) else str(v)
+
+    items = [f"{k}={text(v)}" for k, v in sorted(d.items())]
     return name + (":" + ",".join(items) if items else "")
 
 
-def create_optimizer(spec: str | dict[str, Any], params, **overrides: Any) -> torch.optim.Optimizer:
-    """Build the optimizer a spec names; ``overrides`` (e.g. ``lr=...``) win over the spec and presets."""
+def create_optimizer(spec: str | dict[str, Any], params, total_steps: int | None = None,
+                     **overrides: Any) -> torch.optim.Optimizer:
+    """Build the optimizer a spec names; ``overrides`` (e.g. ``lr=...``) win over the spec and presets.
+
+    ``total_steps`` (the run's number of optimizer steps) resolves cycles stated per run; a spec that has one
+    and no ``total_steps`` raises a ValueError. ``overrides`` are Python values, passed on as given.
+    """
     d = parse_spec(spec)
     name = d.pop("name")
     factory, preset = OPTIMIZERS[name]
-    options = {**preset, **d, **_canonical(overrides)}
-    if "betas" in options:
-        options["betas"] = tuple(options["betas"])
-    accepted = inspect.signature(factory).parameters
-    unknown = sorted(k for k in options if k not in accepted)
-    if unknown:
-        valid = ", ".join(k for k in accepted if k != "params")
-        raise ValueError(f"optimizer {name!r} has no option {', '.join(unknown)}; its options: {valid}")
-    return factory(params, **options)
+    _check_names(name, overrides)  # Python values: the constructor checks them
+    return _build(factory, params, {**preset, **d, **overrides}, total_steps)

@@ -8,6 +8,7 @@ the style of ``torch.optim.lr_scheduler``.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
@@ -25,6 +26,7 @@ __all__ = [
     "as_schedule",
     "from_dict",
     "epochs",
+    "per_run",
     "HyperparamScheduler",
 ]
 
@@ -46,6 +48,13 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive integer number of steps, got {value!r}")
     return int(value)
+
+
+def _positive(name: str, value: Any) -> float:
+    value = _finite(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -104,12 +113,17 @@ class Cyclic(Schedule):
     sine starts at the midpoint going up. ``quantize=q`` rounds every value to the nearest multiple of ``q``
     (a stepped cycle): with ``q = 0.25`` and ``low, high`` in [−1, 1], NSF's p stays on the exact square-root
     fast paths (|p| ∈ {0, ¼, ½, ¾, 1}) instead of a log and an exp per element.
+
+    The length of a cycle is either ``period`` (optimizer steps) or relative to the run: ``cycles=k,
+    total_steps=T`` runs k whole cycles in T steps (period T/k, not rounded), so the last cycle completes
+    whatever the run's length. Both forms are saved by ``to_dict``.
     """
 
     SHAPES = ("triangle", "cosine", "square", "sine")
 
-    def __init__(self, low: float, high: float, period: int, shape: str = "triangle", phase: float = 0.0,
-                 quantize: float | None = None):
+    def __init__(self, low: float, high: float, period: int | None = None, shape: str = "triangle",
+                 phase: float = 0.0, quantize: float | None = None, *, cycles: float | None = None,
+                 total_steps: int | None = None):
         self.quantize = None if quantize is None else _finite("quantize", quantize)
         if self.quantize is not None and self.quantize <= 0:
             raise ValueError(f"quantize must be > 0 (or None), got {quantize}")
@@ -117,12 +131,30 @@ class Cyclic(Schedule):
         self.high = _finite("high", high)
         if self.high < self.low:
             raise ValueError(f"high ({high}) must be >= low ({low})")
-        self.period = _positive_int("period", period)
+        if (period is None) == (cycles is None):
+            raise ValueError("give the cycle's length either as period (steps) or as cycles (per run) with "
+                             f"total_steps; got period={period!r}, cycles={cycles!r}")
+        if period is not None:
+            if total_steps is not None:
+                raise ValueError("total_steps goes with cycles, not with period")
+            self.period, self.cycles, self.total_steps = _positive_int("period", period), None, None
+            self._length: float = self.period
+        else:
+            if total_steps is None:
+                raise ValueError(f"cycles={cycles!r} is stated per run: give total_steps (the run's number of "
+                                 "optimizer steps), e.g. create_optimizer(spec, params, total_steps=T)")
+            self.period = None
+            self.cycles = _positive("cycles", cycles)
+            self.total_steps = _positive_int("total_steps", total_steps)
+            if self.cycles > self.total_steps:
+                raise ValueError(f"cycles ({cycles}) must not exceed total_steps ({total_steps}): a cycle needs "
+                                 "at least one step")
+            self._length = self.total_steps / self.cycles
         self.shape = _choice("shape", shape, self.SHAPES)
         self.phase = _finite("phase", phase)
 
     def __call__(self, step: int) -> float:
-        u = (step / self.period + self.phase) % 1.0
+        u = (step / self._length + self.phase) % 1.0
         if self.shape == "triangle":
             frac = 1.0 - abs(2.0 * u - 1.0)
         elif self.shape == "cosine":
@@ -132,13 +164,17 @@ class Cyclic(Schedule):
         else:  # sine
             frac = 0.5 * (1.0 + math.sin(2.0 * math.pi * u))
         value = self.low + (self.high - self.low) * frac
-        if self.quantize is not None:
-            value = round(value / self.quantize) * self.quantize + 0.0  # + 0.0: never -0.0
-        return value
+        return self._quantized(value)
+
+    def _quantized(self, value: float) -> float:
+        if self.quantize is None:
+            return value
+        return round(value / self.quantize) * self.quantize + 0.0  # + 0.0: never -0.0
 
     def to_dict(self) -> dict:
-        d = {"type": "cyclic", "low": self.low, "high": self.high, "period": self.period,
-             "shape": self.shape, "phase": self.phase}
+        length = ({"period": self.period} if self.period is not None
+                  else {"cycles": self.cycles, "total_steps": self.total_steps})
+        d = {"type": "cyclic", "low": self.low, "high": self.high, **length, "shape": self.shape, "phase": self.phase}
         if self.quantize is not None:  # only when set: older descriptions stay as they were
             d["quantize"] = self.quantize
         return d
@@ -216,16 +252,47 @@ _TYPES = {"constant": Constant, "cyclic": Cyclic, "anneal": Anneal}
 
 
 def from_dict(d: dict) -> Schedule:
-    """Inverse of ``Schedule.to_dict``."""
+    """Inverse of ``Schedule.to_dict``; a malformed description raises a ValueError that says what is wrong."""
     if not isinstance(d, dict) or "type" not in d:
         raise ValueError(f"a schedule description is a dict with a 'type' key, got {d!r}")
     kind = d["type"]
     kwargs = {k: v for k, v in d.items() if k != "type"}
     if kind == "sequence":
-        return Sequence([(steps, from_dict(sub)) for steps, sub in kwargs["segments"]])
+        segments = kwargs.get("segments")
+        if set(kwargs) != {"segments"} or not isinstance(segments, (list, tuple)):
+            raise ValueError("a sequence is described as {'type': 'sequence', 'segments': [[steps, {schedule}], "
+                             f"...]}}; got {d!r}")
+        pairs = []
+        for i, seg in enumerate(segments):
+            if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+                raise ValueError(f"sequence segments[{i}] must be a [steps, schedule] pair, got {seg!r}")
+            pairs.append((seg[0], from_dict(seg[1])))
+        return Sequence(pairs)
     if kind not in _TYPES:
         raise ValueError(f"unknown schedule type {kind!r}; known: {', '.join([*_TYPES, 'sequence'])}")
-    return _TYPES[kind](**kwargs)
+    accepted = inspect.signature(_TYPES[kind]).parameters
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        raise ValueError(f"a {kind} schedule has no parameter {', '.join(map(str, unknown))}; "
+                         f"its parameters: {', '.join(accepted)}")
+    try:
+        return _TYPES[kind](**kwargs)
+    except TypeError as e:  # a required parameter is missing
+        raise ValueError(f"{kind} schedule {d!r}: {e}") from None
+
+
+def per_run(description: Any, total_steps: int | None) -> Any:
+    """``description`` with a cycle stated per run (``cycles`` without ``total_steps``) given the run's length.
+
+    Any other value comes back unchanged. A per-run cycle with ``total_steps=None`` raises a ValueError: its
+    period is unknown until the run's number of optimizer steps is.
+    """
+    if not (isinstance(description, dict) and "cycles" in description and "total_steps" not in description):
+        return description
+    if total_steps is None:
+        raise ValueError(f"the cycle {description!r} is stated per run (cycles={description['cycles']}): give the "
+                         "run's total number of optimizer steps (total_steps=T)")
+    return {**description, "total_steps": total_steps}
 
 
 def as_schedule(value: Any) -> Schedule:
@@ -241,6 +308,30 @@ def as_schedule(value: Any) -> Schedule:
     raise ValueError(f"cannot make a schedule from {value!r}: give a number, a Schedule, a dict or f(step)")
 
 
+def _extremes(schedule: Schedule) -> list[float]:
+    """Values that bound everything ``schedule`` can give (empty for a plain callable: checked as it runs)."""
+    if isinstance(schedule, Constant):
+        return [schedule.value]
+    if isinstance(schedule, Cyclic):
+        return [schedule._quantized(schedule.low), schedule._quantized(schedule.high)]
+    if isinstance(schedule, Anneal):
+        return [schedule.start, schedule.end]
+    if isinstance(schedule, Sequence):
+        return [v for _, sub in schedule.segments for v in _extremes(sub)]
+    return []
+
+
+#: what torch's optimizers accept for the keys they share: key -> (test, the rule in words)
+_LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v >= 0, ">= 0"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: v >= 0, ">= 0"),
+}
+
+
 class HyperparamScheduler:
     """Drive any param-group key (``"p"``, ``"lr"``, ``"beta1"``, ``"beta2"``, ...) with a schedule.
 
@@ -249,7 +340,10 @@ class HyperparamScheduler:
     compiled step sees the new value without recompiling. ``schedule`` may be one schedule or one per group.
     Several schedulers on different keys of one optimizer chain without interfering.
 
-    Driving ``"p"`` of an ``nsf.NSF`` turns off that group's own p schedule (the scheduler owns the key).
+    An optimizer may define ``hyperparam_scheduled(key)``, called once the scheduler takes ``key`` over:
+    ``nsf.NSF`` uses it to turn its groups' own p schedules off when a scheduler drives ``"p"``. Every value
+    written to ``lr``, ``beta1``, ``beta2``, ``eps``, ``weight_decay`` or ``momentum`` is checked against the
+    range torch's optimizers accept (the whole range of a schedule up front, a plain callable at each step).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, key: str, schedule: Any, last_step: int = -1):
@@ -264,10 +358,19 @@ class HyperparamScheduler:
             self.schedules = [as_schedule(schedule)] * len(groups)
         for group in groups:
             self._read(group)  # fail now, not at the first step, on a key the groups lack
-            if key == "p" and "p_schedule" in group:
-                group["p_schedule"] = None
+        for sched in self.schedules:  # fail now on a schedule that would leave the key's valid range
+            for value in _extremes(sched):
+                self._check(value, f"{sched!r} reaches {value}")
+        hook = getattr(optimizer, "hyperparam_scheduled", None)
+        if callable(hook):  # e.g. NSF: its own p schedule stops when a scheduler drives "p"
+            hook(key)
         self.last_step = last_step
         self.step()
+
+    def _check(self, value: float, where: str) -> None:
+        test, rule = _LIMITS.get(self.key, (None, ""))
+        if test is not None and not test(value):
+            raise ValueError(f"HyperparamScheduler: {self.key} must be {rule}; {where}")
 
     def _read(self, group: dict) -> Any:
         if self.key in ("beta1", "beta2"):
@@ -294,9 +397,12 @@ class HyperparamScheduler:
         return [float(self._read(g)) for g in self.optimizer.param_groups]
 
     def step(self) -> None:
+        values = [sched(self.last_step + 1) for sched in self.schedules]
+        for value in values:  # all checked before any is written
+            self._check(value, f"the schedule gives {value} at step {self.last_step + 1}")
         self.last_step += 1
-        for group, sched in zip(self.optimizer.param_groups, self.schedules):
-            self._write(group, sched(self.last_step))
+        for group, value in zip(self.optimizer.param_groups, values):
+            self._write(group, value)
 
     def state_dict(self) -> dict:
         descriptions = [s.to_dict() for s in self.schedules]
@@ -308,7 +414,10 @@ class HyperparamScheduler:
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict["key"] != self.key:
             raise ValueError(f"state dict drives {state_dict['key']!r}, this scheduler drives {self.key!r}")
-        self.schedules = [from_dict(d) if d is not None else s
-                          for d, s in zip(state_dict["schedules"], self.schedules)]
+        schedules = [from_dict(d) if d is not None else s for d, s in zip(state_dict["schedules"], self.schedules)]
+        for sched in schedules:
+            for value in _extremes(sched):
+                self._check(value, f"the loaded {sched!r} reaches {value}")
+        self.schedules = schedules
         self.last_step = state_dict["last_step"] - 1
         self.step()

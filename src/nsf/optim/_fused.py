@@ -22,6 +22,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ._foreach import _group_tensors, _multi_tensor_nsf
+from ._reference import _compute_dtype, _reference_step
+
 #: |p| values with an exact square-root chain (and p = 0, which needs no power at all).
 FAST_EXPONENTS = (0.25, 0.5, 0.75, 1.0)
 
@@ -256,8 +259,7 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
 
 
 def _overflow_safe_step(param, m, v, row, p, eps, lr, scale, cdtype) -> None:
-    from .nsf import _reference_step  # the specification, for the rare tensor whose norms overflow
-
+    """The specification, for the rare tensor whose norms overflow."""
     bc1, inv_sqrt_bc2 = row[4], row[2]
     with torch.no_grad():
         d = _reference_step(m.to(cdtype) / bc1, v.to(cdtype) * inv_sqrt_bc2**2, p.to(param.device), eps, scale)
@@ -270,3 +272,25 @@ def _is_compile_failure(e: Exception) -> bool:
     return bool(names & {"BackendCompilerFailed", "InductorError", "CppCompileError", "TorchRuntimeError",
                          "Unsupported", "InternalTorchDynamoError"}) or module.startswith(("torch._dynamo",
                                                                                           "torch._inductor"))
+
+
+def _fused_nsf(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
+    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
+) -> None:
+    """The compiled step (``_fused.py``): the foreach path's arithmetic in one pass per tensor (two for the
+    grafted scales); a device/dtype group whose compile fails takes the foreach path."""
+    grouped = _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+    for (device, dtype, sdtype), lists in grouped.items():
+        d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps = lists
+        done = fused_step(
+            d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps, p=p, lr=lr, scale=scale,
+            beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+            cdtype=_compute_dtype(torch.promote_types(dtype, sdtype)))
+        if not done:
+            _multi_tensor_nsf(
+                d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps,
+                p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,
+                amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                capturable=capturable, has_complex=has_complex)

@@ -1,34 +1,28 @@
-"""NSF: Adam with a signed, scheduled second-moment exponent p (SPEC.md §2).
-
-``_single_tensor_nsf`` is the readable reference and the specification; ``_multi_tensor_nsf`` is the
-``torch._foreach_*`` fast path and ``_fused_nsf`` (``_fused.py``) the compiled one, both proven equal to it
+"""NSF: Adam with a signed, scheduled second-moment exponent p (SPEC.md §2): the class, its validation, and
+the dispatch to the three paths — ``_single_tensor_nsf`` (``_reference.py``: the specification),
+``_multi_tensor_nsf`` (``_foreach.py``) and ``_fused_nsf`` (``_fused.py``), both proven equal to the reference
 by the tests (tests/test_optim_reference.py, tests/test_optim_fast.py).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import (
-    Optimizer,
-    ParamsT,
-    _get_value,
-    _use_grad_for_differentiable,
-    _view_as_real,
-)
+from torch.optim.optimizer import Optimizer, ParamsT, _use_grad_for_differentiable
 
 from .. import schedules as _schedules
 from . import _fused
+from ._foreach import _is_dtensor, _multi_tensor_nsf
+from ._fused import _fused_nsf
+from ._reference import _single_tensor_nsf
+from ._options import SCALES, check_loadable, checked_options, state_dtype_for
 from .defaults import DEFAULT_LR, DEFAULT_P, DEFAULT_SCALE  # defined once, imported everywhere
 
 __all__ = ["NSF", "nsf", "SCALES"]
-
-SCALES = ("raw", "sgd", "adam")
 
 _CALLABLE = "callable"  # group["p_schedule"] marker: the schedule is a plain callable held by the optimizer
 
@@ -48,21 +42,29 @@ class NSF(Optimizer):
     ``scale`` sets the step length: ``"raw"`` (the paper's form, :math:`\theta \mathrel{-}= \eta d`; the step
     scales like :math:`|g|^{1-2p}`, so cycling p also cycles the effective learning rate), or the grafted modes
     ``"sgd"`` / ``"adam"`` which keep, per tensor, the length of the ``p = 0`` / Adam step and let ``p`` choose
-    only the direction.
+    only the direction. The defaults (``scale="adam"``, ``lr=1e-3``) make ``NSF(params)`` a drop-in for
+    ``torch.optim.Adam(params)``: the same step length, with p turning its direction.
+
+    Numbers are taken as torch's optimizers take them (Python, numpy or one-element tensor scalars); flags must
+    be booleans; a bad option raises a ValueError naming it (see docs/optimizer.md for the full table).
 
     Args:
         params: iterable of parameters or param groups (each group may set any option below, ``p`` included).
-        lr: learning rate (float or 0-dim tensor).
-        betas: EMA coefficients of the first and second moments.
+        lr: learning rate: a number, or a one-element tensor of any shape (kept, so it can be driven in place;
+            squeezed at each step as torch's Adam does). With the default ``scale="adam"`` it is Adam's lr.
+        betas: EMA coefficients of the first and second moments (numbers; tensors are refused: drive them with
+            ``nsf.HyperparamScheduler``).
         eps: added to :math:`\hat v^p` for ``p > 0`` (and to :math:`\sqrt{\hat v}` in the ``"adam"`` graft).
         weight_decay: L2 coefficient λ; coupled (``g += λθ``) unless ``decoupled_weight_decay``.
         p: the exponent: a float, a 0-dim tensor, an ``nsf.schedules`` schedule, its dict, or a plain
             ``f(step) -> float`` (works, but is not saved in ``state_dict``). ``group["p"]`` is a 0-dim float64
             tensor holding the value used by the latest step, updated in place, so ``torch.compile`` does not
             recompile as p moves. A fixed p leaves ``group["p"]`` alone, so it can be driven from outside
-            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). Provisional default: cosine cycle 0.25…0.5
-            over 1000 steps.
-        scale: ``"raw"``, ``"sgd"`` or ``"adam"``.
+            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). Provisional default: a cosine cycle between
+            −¼ and +¼ over 1000 steps; for cycles that complete in your run, state it per run:
+            ``Cyclic(-0.25, 0.25, cycles=k, total_steps=T, shape="cosine")``.
+        scale: ``"raw"``, ``"sgd"`` or ``"adam"`` (default). Complex parameters are, like in Adam, their real
+            and imaginary parts as independent coordinates, and one tensor for the grafted norms.
         amsgrad: keep the running max of v and use it for :math:`\hat v` (with fixed ``p`` this is Padam).
         decoupled_weight_decay: ``θ ← θ(1 − ηλ)`` as in AdamW.
         foreach: use the ``torch._foreach_*`` path (default: yes, unless ``differentiable``; under
@@ -102,22 +104,21 @@ class NSF(Optimizer):
         fused: bool | None = None,
         state_dtype: torch.dtype | str | None = None,
     ) -> None:
-        defaults = dict(
+        defaults = checked_options(dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, p=p, scale=scale, amsgrad=amsgrad,
             decoupled_weight_decay=decoupled_weight_decay, foreach=foreach, maximize=maximize,
-            capturable=capturable, differentiable=differentiable, fused=fused,
-            state_dtype=_as_state_dtype(state_dtype),
-        )
-        _check_options(defaults)
+            capturable=capturable, differentiable=differentiable, fused=fused, state_dtype=state_dtype,
+        ))
         self._p_callables: dict[int, _schedules.Schedule] = {}  # per group index: unsaveable schedules
         self._warned_unsaved = False
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        _check_options({**self.defaults, **param_group})  # before the group is in: a bad group leaves no trace
+        # checked before the group is in (a bad group leaves no trace); the group's own numbers normalised
+        checked = checked_options({**self.defaults, **param_group})
+        param_group.update({k: checked[k] for k in param_group if k != "params"})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group["state_dtype"] = _as_state_dtype(group.get("state_dtype"))
         schedule = _schedules.as_schedule(group["p"])
         if isinstance(schedule, _schedules.Constant):
             group["p_schedule"] = None
@@ -153,6 +154,11 @@ class NSF(Optimizer):
             if "step" not in group:  # older checkpoints: recover the clock from the per-parameter counts
                 steps = [float(self.state[q]["step"]) for q in group["params"] if "step" in self.state.get(q, {})]
                 group["step"] = int(max(steps, default=0))
+            for q in group["params"]:  # plain-number step counts (older torch) become the tensors the paths use
+                q_state = self.state.get(q, {})
+                if "step" in q_state and not isinstance(q_state["step"], Tensor):
+                    q_state["step"] = torch.tensor(float(q_state["step"]), dtype=torch.float32,
+                                                   device=q.device if group["capturable"] else "cpu")
 
     def state_dict(self) -> dict[str, Any]:
         if not self._warned_unsaved and any(g["p_schedule"] == _CALLABLE for g in self.param_groups):
@@ -163,6 +169,15 @@ class NSF(Optimizer):
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch's, refusing up front a state dict from another optimizer, or one whose p followed a plain
+        callable this optimizer was not given (p would silently stop moving)."""
+        check_loadable(state_dict)
+        for index, saved in enumerate(state_dict["param_groups"]):
+            if saved.get("p_schedule") == _CALLABLE and index not in self._p_callables:
+                raise ValueError(
+                    f"NSF.load_state_dict: param group {index}'s p followed a plain callable, which is not saved; "
+                    "build the optimizer with the same p=callable before loading (or set that group's "
+                    "'p_schedule' to None in the state dict to hold p at its saved value)")
         super().load_state_dict(state_dict)
         # torch casts floating state to the parameter's dtype; moments kept in another dtype (state_dtype) are
         # restored from the saved tensors, so a bf16 model's float32 moments come back without a bf16 round trip
@@ -176,7 +191,14 @@ class NSF(Optimizer):
                     value = saved_param_state.get(key)
                     if isinstance(value, Tensor) and param.is_floating_point():
                         self.state[param][key] = value.to(
-                            device=param.device, dtype=_state_dtype_for(param, group["state_dtype"]), copy=True)
+                            device=param.device, dtype=state_dtype_for(param, group["state_dtype"]), copy=True)
+
+    def hyperparam_scheduled(self, key: str) -> None:
+        """Called by ``nsf.HyperparamScheduler`` when it takes over ``key``: for ``"p"``, every group's own p
+        schedule stops (the scheduler now writes ``group["p"]``)."""
+        if key == "p":
+            for group in self.param_groups:
+                group["p_schedule"] = None
 
     def _schedule_from(self, index: int, description: dict) -> _schedules.Schedule:
         """``from_dict``, remembered per group while the description stays the same (it is rebuilt each step
@@ -220,7 +242,7 @@ class NSF(Optimizer):
                     if group["capturable"]
                     else torch.tensor(0.0, dtype=torch.float32)
                 )
-                sdtype = _state_dtype_for(param, group["state_dtype"])
+                sdtype = state_dtype_for(param, group["state_dtype"])
                 state["exp_avg"] = torch.zeros_like(param, dtype=sdtype, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, dtype=sdtype, memory_format=torch.preserve_format)
                 if group["amsgrad"]:
@@ -241,6 +263,9 @@ class NSF(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        for group in self.param_groups:  # a hand-set scale is not silently taken as another; nothing moves
+            if group["scale"] not in SCALES:
+                raise ValueError(f"Invalid scale: {group['scale']!r}; expected one of {', '.join(SCALES)}")
         for index, group in enumerate(self.param_groups):
             params: list[Tensor] = []
             grads: list[Tensor] = []
@@ -254,80 +279,18 @@ class NSF(Optimizer):
                 continue  # a group with no gradients takes no step and its p clock stands still
             self._advance_p(index, group)
             beta1, beta2 = group["betas"]
+            lr = group["lr"]
+            if isinstance(lr, Tensor) and lr.dim() != 0:  # a one-element lr of any shape, as torch's Adam
+                lr = lr.squeeze()
             nsf(
                 params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                p=group["p"], lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                p=group["p"], lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
                 weight_decay=group["weight_decay"], scale=group["scale"], amsgrad=group["amsgrad"],
                 decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"],
                 foreach=group["foreach"], capturable=group["capturable"],
                 differentiable=group["differentiable"], has_complex=has_complex, fused=group["fused"],
             )
         return loss
-
-
-def _check_options(o: dict[str, Any]) -> None:
-    lr = o["lr"]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Invalid lr: a tensor lr must have one element, got shape {tuple(lr.shape)}")
-        lr_value = lr.item()
-    else:
-        lr_value = lr
-    if not isinstance(lr_value, (int, float)) or not 0.0 <= lr_value < float("inf"):
-        raise ValueError(f"Invalid lr (learning rate): {lr!r}; it must be a finite number >= 0")
-    betas = o["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2)")
-    for i, b in enumerate(betas):
-        if not 0.0 <= float(b) < 1.0:
-            raise ValueError(f"Invalid betas[{i}]: {b}; it must lie in [0, 1)")
-    if not (isinstance(o["eps"], (int, float)) and 0.0 < o["eps"] < float("inf")):
-        raise ValueError(f"Invalid eps: {o['eps']!r}; it must be a finite number > 0")
-    if not (isinstance(o["weight_decay"], (int, float)) and 0.0 <= o["weight_decay"] < float("inf")):
-        raise ValueError(f"Invalid weight_decay: {o['weight_decay']!r}; it must be a finite number >= 0")
-    if o["foreach"] and o["differentiable"]:
-        raise ValueError("foreach=True does not support differentiable=True; use foreach=False")
-    if o.get("fused"):
-        if o["foreach"]:
-            raise ValueError("fused=True and foreach=True are exclusive; choose one")
-        if o["differentiable"]:
-            raise ValueError("fused=True does not support differentiable=True; use fused=False")
-        if o["capturable"]:
-            raise ValueError("fused=True does not support capturable=True (it reads step counts on the host)")
-    _as_state_dtype(o.get("state_dtype"))
-    if o["scale"] not in SCALES:
-        raise ValueError(f"Invalid scale: {o['scale']!r}; expected one of {', '.join(SCALES)}")
-    try:
-        _schedules.as_schedule(o["p"])(0)
-    except ValueError as e:
-        raise ValueError(f"Invalid p: {e}") from None
-
-
-_ONE = torch.tensor(1.0)  # the step-count increment, made once (torch's Adam makes it every step)
-
-_STATE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}
-
-
-def _as_state_dtype(value: Any) -> torch.dtype | None:
-    """None (the parameter's dtype) or a floating torch dtype; strings such as ``"float32"`` are accepted."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        key = value.removeprefix("torch.")
-        if key not in _STATE_DTYPES:
-            raise ValueError(f"Invalid state_dtype: {value!r}; expected one of {', '.join(_STATE_DTYPES)} or None")
-        return _STATE_DTYPES[key]
-    if isinstance(value, torch.dtype) and value in _STATE_DTYPES.values():
-        return value
-    raise ValueError(f"Invalid state_dtype: {value!r}; expected a floating torch dtype, its name, or None")
-
-
-def _state_dtype_for(param: Tensor, state_dtype: torch.dtype | None) -> torch.dtype:
-    """The dtype of m and v: ``state_dtype`` for real floating parameters, else the parameter's own."""
-    if state_dtype is None or not param.is_floating_point():
-        return param.dtype
-    return state_dtype
 
 
 def _use_fused(params: list[Tensor], fused: bool | None, foreach: bool | None, differentiable: bool,
@@ -354,11 +317,6 @@ def _auto_fused(params: list[Tensor]) -> bool:
     if sum(q.numel() for q in params) < AUTO_FUSED_MIN_NUMEL or params[0].device.type not in ("cpu", "cuda"):
         return False
     return not any(_is_dtensor(q) for q in params)
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    """FSDP2's sharded parameters: left to the foreach path, whose DTensor ops reduce norms across shards."""
-    return any(c.__name__ == "DTensor" for c in type(t).__mro__)
 
 
 def nsf(
@@ -406,296 +364,3 @@ def nsf(
         amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
         capturable=capturable, has_complex=has_complex,
     )
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The power is taken in float32 or wider, whatever the parameter dtype."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _unit_v(v_hat: Tensor) -> Tensor:
-    """v̂ divided by its (finite) max: the p ≤ 0 direction is unchanged, and v̂^|p| ≤ 1 cannot overflow."""
-    finite = v_hat.clamp(max=torch.finfo(v_hat.dtype).max)
-    top = finite.amax()
-    return finite / torch.where(top > 0, top, torch.ones_like(top))
-
-
-def _graft(direction: Tensor, reference: Tensor) -> Tensor:
-    """``direction`` rescaled to the norm of ``reference`` (per tensor).
-
-    Both are divided by their max-abs before the norms are taken, so neither the norms nor their ratio
-    overflow, and a zero direction gives a zero step instead of 0/0.
-    """
-    def unit(x: Tensor) -> tuple[Tensor, Tensor]:
-        top = x.abs().amax()
-        top = torch.where(top > 0, top, torch.ones_like(top))
-        return x / top, top
-
-    d_unit, _ = unit(direction)
-    r_unit, r_top = unit(reference)
-    d_norm = torch.linalg.vector_norm(d_unit)
-    d_norm = torch.where(d_norm > 0, d_norm, torch.ones_like(d_norm))
-    return d_unit * (r_top * (torch.linalg.vector_norm(r_unit) / d_norm))
-
-
-def _reference_step(m_hat: Tensor, v_hat: Tensor, p: Tensor, eps: float, scale: str) -> Tensor:
-    """The step per unit learning rate, from bias-corrected moments (SPEC §2), overflow-safe."""
-    if scale != "raw" and m_hat.numel() > 0:  # only the direction matters: keep v̂^|p| bounded
-        base = torch.where(p > 0, v_hat, _unit_v(v_hat))
-    else:
-        base = v_hat
-    v_pow = base.pow(p.abs())  # v̂^|p|: finite, and 0 where v̂ = 0 (p ≠ 0) — never v̂^p with p < 0
-    d = torch.where(p > 0, m_hat / (v_pow + eps), m_hat * v_pow)
-    if m_hat.numel() == 0 or scale == "raw":
-        return d
-    if scale == "sgd":
-        return _graft(d, m_hat)
-    return _graft(d, m_hat / (v_hat.sqrt() + eps))
-
-
-def _single_tensor_nsf(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
-    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
-) -> None:
-    for i, param in enumerate(params):
-        grad = -grads[i] if maximize else grads[i]
-        exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
-        max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
-        if torch.is_complex(param):  # real and imaginary parts are independent coordinates, as in Adam
-            param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq))
-            if amsgrad:
-                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
-
-        step_t += 1
-        if grad.dtype != exp_avg.dtype:  # state_dtype: moments kept in another dtype than the parameter
-            grad = grad.to(exp_avg.dtype)
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                param.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad.add(param.to(grad.dtype), alpha=weight_decay)
-
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        v = exp_avg_sq
-        if amsgrad:
-            max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq, exp_avg_sq))
-            v = max_exp_avg_sq
-
-        step = step_t if capturable else _get_value(step_t)
-        cdtype = _compute_dtype(torch.promote_types(param.dtype, exp_avg.dtype))
-        m_hat = exp_avg.to(cdtype) / (1 - beta1**step)
-        v_hat = v.to(cdtype) / (1 - beta2**step)
-        d = _reference_step(m_hat, v_hat, p.to(param.device), eps, scale)
-        if isinstance(lr, Tensor):
-            param.sub_((d * lr).to(param.dtype))
-        else:
-            param.add_(d.to(param.dtype), alpha=-lr)
-
-
-def _fused_nsf(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
-    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
-) -> None:
-    """The compiled step (``_fused.py``): the foreach path's arithmetic in one pass per tensor (two for the
-    grafted scales); a device/dtype group whose compile fails takes the foreach path."""
-    grouped = _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
-    for (device, dtype, sdtype), lists in grouped.items():
-        d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps = lists
-        done = _fused.fused_step(
-            d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps, p=p, lr=lr, scale=scale,
-            beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-            cdtype=_compute_dtype(torch.promote_types(dtype, sdtype)))
-        if not done:
-            _multi_tensor_nsf(
-                d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps,
-                p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,
-                amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                capturable=capturable, has_complex=has_complex)
-
-
-def _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):
-    """{(device, param dtype, state dtype): [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps]}."""
-    if all(m.dtype == q.dtype for m, q in zip(exp_avgs, params)):
-        grouped = Optimizer._group_tensors_by_device_and_dtype(
-            [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps])  # type: ignore[list-item]
-        return {(device, dtype, dtype): [list(x) for x in lists] for (device, dtype), (lists, _) in grouped.items()}
-    out: dict[tuple, list[list[Tensor]]] = {}
-    for i, q in enumerate(params):
-        key = (q.device, q.dtype, exp_avgs[i].dtype)
-        lists = out.setdefault(key, [[], [], [], [], [], []])
-        for j, source in enumerate((params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)):
-            if j != 4 or max_exp_avg_sqs:
-                lists[j].append(source[i])
-    return out
-
-
-def _foreach_power(xs: list[Tensor], exponent: float) -> list[Tensor]:
-    """xs ** exponent, as new tensors, with square-root chains for |p| ∈ {¼, ½, ¾, 1} (exact and much cheaper
-    than pow, which costs a log and an exp per element)."""
-    if exponent == 0.5:
-        return torch._foreach_sqrt(xs)
-    if exponent == 0.25:  # one new tensor per input, the second root in place (large allocations are costly)
-        out = torch._foreach_sqrt(xs)
-        torch._foreach_sqrt_(out)
-        return out
-    if exponent == 0.75:
-        out = torch._foreach_sqrt(xs)
-        torch._foreach_mul_(out, torch._foreach_sqrt(out))
-        return out
-    if exponent == 1.0:
-        return [x.clone() for x in xs]
-    # exp(a·log x) for a > 0 (0 at x = 0, inf at inf): measured ~3× faster than _foreach_pow on cache-sized
-    # tensors and no slower on large ones, within a few float ulps of pow
-    out = torch._foreach_log(xs)
-    torch._foreach_mul_(out, exponent)
-    torch._foreach_exp_(out)
-    return out
-
-
-def _multi_tensor_nsf(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
-    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
-) -> None:
-    """The reference's arithmetic with the bias corrections folded into per-tensor scalars (as
-    torch's Adam does): one power and one fused multiply-add per element for the raw step."""
-    if not params:
-        return
-    p_value = float(p)  # p lives on the CPU: reading it syncs no device
-    grouped = _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
-    for (device, dtype, sdtype), (d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps) in (
-        grouped.items()
-    ):
-        d_max_exp_avg_sqs = d_max_exp_avg_sqs if amsgrad else []
-        if has_complex:
-            if amsgrad:
-                _view_as_real(d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs)
-            else:
-                _view_as_real(d_params, d_grads, d_exp_avgs, d_exp_avg_sqs)
-        if maximize:
-            d_grads = torch._foreach_neg(d_grads)
-        if sdtype != dtype:  # state_dtype: the moments are kept in another dtype than the parameters
-            d_grads = [g.to(sdtype) for g in d_grads]
-
-        if d_steps[0].is_cpu:
-            torch._foreach_add_(d_steps, _ONE, alpha=1.0)
-        else:
-            torch._foreach_add_(d_steps, 1)
-
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                torch._foreach_mul_(d_params, 1 - lr * weight_decay)
-            else:
-                wd_params = d_params if sdtype == dtype else [q.to(sdtype) for q in d_params]
-                d_grads = torch._foreach_add(d_grads, wd_params, alpha=weight_decay)
-
-        torch._foreach_lerp_(d_exp_avgs, d_grads, 1 - beta1)
-        torch._foreach_mul_(d_exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(d_exp_avg_sqs, d_grads, d_grads, 1 - beta2)
-        v = d_max_exp_avg_sqs if amsgrad else d_exp_avg_sqs
-        if amsgrad:
-            torch._foreach_maximum_(d_max_exp_avg_sqs, d_exp_avg_sqs)
-
-        if capturable:  # keep bias corrections on the device as 0-dim tensors
-            bc1 = [1 - beta1**s for s in d_steps]
-            bc2 = [1 - beta2**s for s in d_steps]
-        else:
-            counts = [s.item() for s in d_steps] if not torch.compiler.is_compiling() else [
-                _get_value(s) for s in d_steps]
-            bc1 = [1 - beta1**c for c in counts]
-            bc2 = [1 - beta2**c for c in counts]
-
-        cdtype = _compute_dtype(torch.promote_types(dtype, sdtype))
-        m = [t.to(cdtype) for t in d_exp_avgs] if cdtype != sdtype else d_exp_avgs
-        v = [t.to(cdtype) for t in v] if cdtype != sdtype else v
-        # d_true = m̂·f(v̂) = scale_i · d below, with per-tensor scalars scale_i from the bias corrections
-        if p_value > 0:  # m̂/(v̂^p + ε) = (bc2^p/bc1) · m/(v^p + ε·bc2^p)
-            denom = _foreach_power(v, p_value)
-            torch._foreach_add_(denom, [eps * b**p_value for b in bc2])
-            factors = [b**p_value / a for a, b in zip(bc1, bc2)]
-        elif p_value < 0:  # m̂·v̂^|p| = m·v^|p| / (bc1·bc2^|p|)
-            v_pow = v if p_value == -1.0 else _foreach_power(v, -p_value)  # only read below
-            factors = [1 / (a * b**-p_value) for a, b in zip(bc1, bc2)]
-        else:
-            factors = [1 / a for a in bc1]
-
-        if scale == "raw" and not isinstance(lr, Tensor) and not capturable:
-            alphas = [-lr * f for f in factors]
-            if p_value > 0:
-                torch._foreach_addcdiv_(d_params, m, denom, alphas)
-            elif p_value < 0:
-                torch._foreach_addcmul_(d_params, m, v_pow, alphas)
-            else:
-                torch._foreach_add_(d_params, torch._foreach_mul(m, alphas))
-            continue
-
-        if p_value > 0:
-            d = torch._foreach_div(m, denom)
-        elif p_value < 0 and v_pow is v:  # p = −1 reads the state itself
-            d = torch._foreach_mul(m, v_pow)
-        elif p_value < 0:
-            torch._foreach_mul_(v_pow, m)  # in place: fresh allocations of large tensors cost page faults
-            d = v_pow
-        else:
-            d = m  # not modified in place below: it may be the optimizer state itself
-        if scale == "raw":
-            d = torch._foreach_mul(d, factors) if p_value == 0 else (torch._foreach_mul_(d, factors), d)[1]
-        else:
-            d = _foreach_graft(d, m, v, bc1, bc2, p, eps, scale, owned=p_value != 0)
-        if cdtype != dtype:
-            d = [t.to(dtype) for t in d]
-        if isinstance(lr, Tensor):
-            torch._foreach_sub_(d_params, torch._foreach_mul(d, lr))
-        else:
-            torch._foreach_add_(d_params, d, alpha=-lr)
-
-
-def _foreach_graft(d, m, v, bc1, bc2, p, eps, scale, owned: bool = False) -> list[Tensor]:
-    """Grafted steps: d (any positive per-tensor multiple of the true direction) rescaled to the reference's
-    length. Plain norms when they are finite and non-zero; tensors whose norms over- or underflow are
-    recomputed with the overflow-safe reference. ``owned``: d is scratch and may be rescaled in place."""
-    def rescale(d, ratios):
-        if owned:
-            torch._foreach_mul_(d, ratios)
-            return list(d)
-        return list(torch._foreach_mul(d, ratios))
-
-    if scale == "sgd":
-        reference = m
-        ref_factors = [1 / a for a in bc1]
-    else:  # m̂/(√v̂ + ε) = (1/bc1) · m/(√v/√bc2 + ε)
-        reference = torch._foreach_sqrt(v)
-        torch._foreach_div_(reference, [b**0.5 for b in bc2])
-        torch._foreach_add_(reference, eps)
-        torch._foreach_reciprocal_(reference)  # then × m, in place: no second large allocation
-        torch._foreach_mul_(reference, m)
-        ref_factors = [1 / a for a in bc1]
-    d_norms = torch._foreach_norm(d)
-    r_norms = torch._foreach_norm(reference)
-    if not any(isinstance(f, Tensor) for f in ref_factors):  # not capturable: the ratios on the host, one read
-        stacked = torch.stack([*d_norms, *r_norms])
-        if _is_dtensor(stacked):
-            stacked = stacked.full_tensor()
-        norms = stacked.tolist()
-        n = len(d)
-        good = [math.isfinite(norms[i]) and math.isfinite(norms[n + i]) and norms[i] > 0 and norms[n + i] > 0
-                for i in range(n)]
-        d = rescale(d, [norms[n + i] * ref_factors[i] / norms[i] if good[i] else 0.0 for i in range(n)])
-        if all(good):
-            return d
-    else:
-        ratios = [rn * f / dn for rn, dn, f in zip(r_norms, d_norms, ref_factors)]
-        d = rescale(d, ratios)
-        norms_t = torch.stack([*d_norms, *r_norms])
-        if bool(torch.isfinite(norms_t).all() and (norms_t > 0).all()):
-            return d
-        good = [bool(torch.isfinite(dn) and torch.isfinite(rn) and dn > 0 and rn > 0)
-                for dn, rn in zip(d_norms, r_norms)]
-    for i in range(len(d)):
-        if not good[i]:
-            if m[i].numel() == 0:
-                continue
-            m_hat, v_hat = m[i] / bc1[i], v[i] / bc2[i]
-            d[i] = _reference_step(m_hat, v_hat, p.to(m_hat.device), eps, scale)
-    return d
