@@ -25,11 +25,10 @@ except ImportError as e:  # an optional extra: say how to get it
     raise ImportError("nsf.optax needs JAX and optax; install them with: pip install 'nsf[jax]'") from e
 
 from . import schedules as _schedules
+from .optim import SCALES
 from .optim.defaults import DEFAULT_LR, DEFAULT_P, DEFAULT_SCALE
 
 __all__ = ["ScaleByNSFState", "scale_by_nsf", "nsf", "schedule"]
-
-SCALES = ("raw", "sgd", "adam")
 
 
 class ScaleByNSFState(NamedTuple):
@@ -108,27 +107,31 @@ def scale_by_nsf(
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
 
     def init_fn(params):
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return ScaleByNSFState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=jax.tree.map(jnp.zeros_like, params))
+        zeros = jax.tree.map(jnp.zeros_like, params)  # immutable arrays: both moments may start as one tree
+        return ScaleByNSFState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
 
     def update_fn(updates, state, params=None):
         del params
         p_now = _p_at(p, state.count)
         count = optax.safe_int32_increment(state.count)
 
-        def leaf(g, m, v):
-            g = g.astype(m.dtype)
-            m = m + (1 - b1) * (g - m)  # torch's lerp_
-            v = v * b2 + (1 - b2) * g * g
+        def first(g, m):
+            return m + (1 - b1) * (g.astype(m.dtype) - m)  # torch's lerp_
+
+        def second(g, v):
+            g = g.astype(v.dtype)
+            return v * b2 + (1 - b2) * g * g
+
+        def step(g, m, v):
             cdtype = jnp.promote_types(m.dtype, jnp.float32)  # the power in float32 or wider
             bc1 = 1 - jnp.asarray(b1, cdtype) ** count.astype(cdtype)
             bc2 = 1 - jnp.asarray(b2, cdtype) ** count.astype(cdtype)
             d = _direction(m.astype(cdtype) / bc1, v.astype(cdtype) / bc2, jnp.asarray(p_now, cdtype), eps, scale)
-            return d.astype(g.dtype), m, v
+            return d.astype(g.dtype)
 
-        out = jax.tree.map(leaf, updates, state.mu, state.nu)
-        treedef = jax.tree.structure(updates)
-        d, mu, nu = (jax.tree.unflatten(treedef, part) for part in zip(*treedef.flatten_up_to(out)))
+        mu = jax.tree.map(first, updates, state.mu)
+        nu = jax.tree.map(second, updates, state.nu)
+        d = jax.tree.map(step, updates, mu, nu)
         return d, ScaleByNSFState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
