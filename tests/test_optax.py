@@ -155,3 +155,15 @@ def test_half_raw_equals_optax_adam(dtype):
 def test_bad_scale_is_a_value_error():
     with pytest.raises(ValueError, match="scale must be one of"):
         nsf_optax.scale_by_nsf(scale="Adam")
+
+
+def test_nsf_schedule_through_inject_hyperparams_equals_direct(dtype):
+    """An nsf schedule wrapped by nsf.optax.schedule is an optax schedule: inject_hyperparams evaluates it at
+    the same counts as scale_by_nsf does."""
+    params, grads = _problem(dtype, seed=5)
+    direct = _optax_updates(nsf_optax.scale_by_nsf(p=CYCLE), params, grads)
+    injected = _optax_updates(optax.inject_hyperparams(nsf_optax.scale_by_nsf)(p=nsf_optax.schedule(CYCLE)),
+                              params, grads)
+    for a, b in zip(injected, direct):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], **TOL[dtype])
