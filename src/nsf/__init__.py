@@ -1,9 +1,11 @@
 """Natural Spectral Fusion: an Adam-family optimizer with a signed, scheduled second-moment exponent."""
 
 from . import schedules
+from .groups import param_groups
 from .optim import FSGDM, NSF
 from .registry import OPTIMIZERS, create_optimizer, parse_spec
 from .schedules import HyperparamScheduler
 
-__all__ = ["FSGDM", "NSF", "HyperparamScheduler", "OPTIMIZERS", "create_optimizer", "parse_spec", "schedules"]
+__all__ = ["FSGDM", "NSF", "HyperparamScheduler", "OPTIMIZERS", "create_optimizer", "param_groups", "parse_spec",
+           "schedules"]
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from . import schedules
+from .groups import param_groups
 from .optim import FSGDM, NSF
 from .optim.defaults import DEFAULT_P
 
@@ -244,10 +245,14 @@ def spec_to_str(spec: str | dict[str, Any]) -> str:
     return name + (":" + ",".join(items) if items else "")
 
 
-def create_optimizer(spec: str | dict[str, Any], params, total_steps: int | None = None,
+def create_optimizer(spec: str | dict[str, Any], params, total_steps: int | None = None, *,
+                     lr_scale: Any = None, decay_norm_and_bias: bool = False,
                      **overrides: Any) -> torch.optim.Optimizer:
     """Build the optimizer a spec names; ``overrides`` (e.g. ``lr=...``) win over the spec and presets.
 
+    ``params`` is what torch optimizers take (parameters or param groups, used as given) or an ``nn.Module``:
+    then the groups are ``nsf.param_groups(model, ...)`` — no weight decay for biases and normalisation
+    parameters unless ``decay_norm_and_bias``, and ``lr_scale`` multipliers per module (see ``nsf.groups``).
     ``total_steps`` (the run's number of optimizer steps) resolves cycles stated per run; a spec that has one
     and no ``total_steps`` raises a ValueError. ``overrides`` are Python values, passed on as given.
     """
@@ -255,4 +260,12 @@ def create_optimizer(spec: str | dict[str, Any], params, total_steps: int | None
     name = d.pop("name")
     factory, preset = OPTIMIZERS[name]
     _check_names(name, overrides)  # Python values: the constructor checks them
-    return _build(factory, params, {**preset, **d, **overrides}, total_steps)
+    options = {**preset, **d, **overrides}
+    if isinstance(params, torch.nn.Module):
+        accepted = inspect.signature(factory).parameters  # for the values the optimizer will use
+        wd, lr = (options.get(k, getattr(accepted.get(k), "default", None)) for k in ("weight_decay", "lr"))
+        params = param_groups(params, weight_decay=wd, lr=lr, lr_scale=lr_scale,
+                              decay_norm_and_bias=decay_norm_and_bias)
+    elif lr_scale is not None or decay_norm_and_bias:
+        raise ValueError("lr_scale and decay_norm_and_bias need the model: create_optimizer(spec, model, ...)")
+    return _build(factory, params, options, total_steps)
