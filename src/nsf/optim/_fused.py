@@ -107,12 +107,14 @@ def _update(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtyp
         g = g + hyper[3] * param.to(cdtype)
     m_new = m.to(cdtype).lerp(g, hyper[0].to(cdtype))
     v_new = v.to(cdtype) * hyper[1] + (hyper[2] * g) * g  # addcmul's order: (1 − β2)·g first, no early overflow
-    m.copy_(m_new.to(m.dtype))
-    v.copy_(v_new.to(v.dtype))
-    if amsgrad:
-        vmax.copy_(torch.maximum(vmax, v).to(vmax.dtype))
-        return m.to(cdtype), vmax.to(cdtype)
-    return m.to(cdtype), v.to(cdtype)
+    m_new, v_new = m_new.to(m.dtype), v_new.to(v.dtype)  # the values as stored (state_dtype rounding)
+    m.copy_(m_new)
+    v.copy_(v_new)
+    if amsgrad:  # the new values, not re-read from the mutated inputs: inductor then fuses it all in one loop
+        vmax_new = torch.maximum(vmax, v_new).to(vmax.dtype)
+        vmax.copy_(vmax_new)
+        return m_new.to(cdtype), vmax_new.to(cdtype)
+    return m_new.to(cdtype), v_new.to(cdtype)
 
 
 def _kernel_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, hyper, *, kind, amsgrad,
