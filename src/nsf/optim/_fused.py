@@ -251,6 +251,14 @@ def _call(owner: Tensor, key_kernel: tuple[tuple, Callable], *args):
         return _FAILED
 
 
+def _on_device(values: list[float], device: torch.device) -> Tensor:
+    """A float64 vector of host values on ``device``: copied from the host normally, filled on the device while
+    a CUDA graph is being captured (a host-to-device copy cannot be captured)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.stack([torch.full((), v, dtype=torch.float64, device=device) for v in values])
+    return torch.tensor(values, dtype=torch.float64).to(device, non_blocking=True)
+
+
 def _scalars(steps, p_value, lr, beta1, beta2, eps, weight_decay, device, scalar_dtype, graft: bool):
     """Per-tensor scalars, the hyper-parameter vector and the bias corrections bc1, as device tensors formed
     from the step counts by tensor ops (no host read of a count, whether the counts live on the host or not)."""
@@ -267,8 +275,7 @@ def _scalars(steps, p_value, lr, beta1, beta2, eps, weight_decay, device, scalar
     else:
         alpha = -lr_t / (bc1 * bc2**a) if p_value < 0 else -lr_t / bc1
         scalars = torch.stack([alpha, torch.zeros_like(t)], 1)
-    hyper = torch.tensor([1 - beta1, beta2, 1 - beta2, weight_decay, 1.0, a, math.copysign(1.0, p_value)],
-                         dtype=torch.float64).to(device, non_blocking=True)
+    hyper = _on_device([1 - beta1, beta2, 1 - beta2, weight_decay, 1.0, a, math.copysign(1.0, p_value)], device)
     if weight_decay != 0:
         hyper = torch.cat([hyper[:4], (1 - lr_t * weight_decay) * hyper[4:5], hyper[5:]])
     return scalars.to(scalar_dtype), hyper.to(scalar_dtype), bc1, lr_t
