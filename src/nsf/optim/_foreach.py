@@ -164,7 +164,7 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tenso
     the device (no host read of any norm). Norms are taken over the finite entries in float64, so one NaN/inf
     gradient coordinate damages only its own coordinate and no norm overflows."""
     fmax = torch.finfo(m[0].dtype).max
-    x = [torch.nan_to_num(t, nan=0.0, posinf=fmax) for t in v]  # NaN only where m is NaN too
+    x = torch._foreach_clamp_max(v, fmax)  # an overflowed v counts as the largest float; NaN stays (masked)
     if scale == "adam":  # m̂/(√v̂ + ε) = r/bc1 with r = m/(√v/√bc2 + ε)
         r = torch._foreach_sqrt(x)
         torch._foreach_div_(r, [b**0.5 for b in bc2])
@@ -190,7 +190,7 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tenso
     d_norms = _finite_norms(d)
     r_norms = d_norms if r is d else _finite_norms(r)
     counts = torch.stack(steps).to(device=d_norms.device, dtype=torch.float64, non_blocking=True)
-    ratios = _graft_ratio(d_norms, r_norms, 1 - beta1**counts).unbind()
+    ratios = _graft_ratio(d_norms, r_norms, 1 - beta1**counts).to(m[0].dtype).unbind()  # one cast, not n
     if d is m:
         return list(torch._foreach_mul(m, ratios))
     torch._foreach_mul_(d, ratios)
