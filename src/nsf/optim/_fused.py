@@ -5,8 +5,9 @@ training — ``p`` (for the general kernel), ``lr``, the betas, the weight decay
 corrections — is a tensor input computed on the device, so a moving ``p`` or an lr schedule never
 recompiles and no step reads a device value on the host. Only the exponent's *kind* is static:
 ``|p| ∈ {¼, ½, ¾, 1}`` get square-root chains (exact, no log/exp per element), ``p = 0`` no power at all, and
-every other ``p`` one general kernel with ``p`` as a runtime input: at most ten raw and ten grafted variants
-(plus the grafted apply stage) per parameter list, whatever the p schedule does.
+every other ``p`` one general kernel with ``p`` as a runtime input: per parameter list and option set, at
+most ten kernels for the raw scale and twenty (ten kinds × two stages) for a grafted one, whatever the p
+schedule does.
 
 The raw scale is one pass over θ, g, m, v. The grafted scales take two: the moment update with the per-tensor
 norms reduced inside the kernel (over the finite entries, in float64), then the rescaled step, whose factors
