@@ -9,6 +9,7 @@ bytes/s the step achieves, counting the minimum traffic of an Adam-type step (re
     python benchmarks/step_overhead.py --params 8e6 --repeats 30 --json out.json
     python benchmarks/step_overhead.py --e2e --threads 1                 # Fashion-MNIST CNN training step
     python benchmarks/step_overhead.py --device cuda --params 8e6 32e6   # on a GPU
+    python benchmarks/step_overhead.py --params 8e6 --paths fused --only default graft   # a subset
 """
 
 from __future__ import annotations
@@ -61,9 +62,19 @@ def configurations(paths=("foreach", "fused")) -> dict[str, object]:
         for path in paths:
             kw = {"foreach": True} if path == "foreach" else ({"fused": True} if path == "fused" else {})
             configs[f"NSF p={label} {path}"] = _nsf(p, **kw)
-    configs["NSF p=−0.37 adam-graft foreach"] = _nsf(-0.37, scale="adam", foreach=True)
-    configs["NSF p=−0.37 adam-graft fused"] = _nsf(-0.37, scale="adam", fused=True)
+    for path in paths:
+        kw = {"foreach": True} if path == "foreach" else ({"fused": True} if path == "fused" else {})
+        configs[f"NSF p=¼ sgd-graft {path}"] = _nsf(0.25, scale="sgd", **kw)
+        configs[f"NSF p=¼ adam-graft {path}"] = _nsf(0.25, scale="adam", **kw)
+        configs[f"NSF p=−0.37 adam-graft {path}"] = _nsf(-0.37, scale="adam", **kw)
+        configs[f"NSF default stepped ±¼ {path}"] = _nsf(STEPPED, scale="sgd", **kw)
     return configs
+
+
+def select(configs: dict, patterns: list[str] | None) -> dict:
+    """Adam's baselines and the configurations whose label contains one of ``patterns`` (all when None)."""
+    return {label: make for label, make in configs.items()
+            if patterns is None or label.startswith("Adam") or any(pat in label for pat in patterns)}
 
 
 def _sync(device: str) -> None:
@@ -205,6 +216,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--paths", nargs="+", default=["foreach", "fused"], choices=["foreach", "fused", "auto"])
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="time only the configurations whose label contains one of these (and Adam's)")
     parser.add_argument("--e2e", action="store_true", help="only the end-to-end training-step comparison")
     parser.add_argument("--batch-size", type=int, default=128, help="end-to-end batch size")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -219,7 +232,7 @@ def main(argv=None) -> dict:
     if args.e2e:
         out["e2e"] = e2e(args)
     else:
-        configs = configurations(tuple(args.paths))
+        configs = select(configurations(tuple(args.paths)), args.only)
         out["sizes"] = []
         for n_params in args.params:
             res = bench_size(n_params, args, configs)

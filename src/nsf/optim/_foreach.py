@@ -3,13 +3,11 @@ per-tensor scalars (as torch's Adam does)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _get_value, _view_as_real
 
-from ._reference import _compute_dtype, _reference_step
+from ._reference import _compute_dtype, _graft_ratio
 
 _ONE = torch.tensor(1.0)  # the step-count increment, made once (torch's Adam makes it every step)
 
@@ -100,9 +98,9 @@ def _multi_tensor_nsf(
         if amsgrad:
             torch._foreach_maximum_(d_max_exp_avg_sqs, d_exp_avg_sqs)
 
-        if capturable:  # keep bias corrections on the device as 0-dim tensors
-            bc1 = [1 - beta1**s for s in d_steps]
-            bc2 = [1 - beta2**s for s in d_steps]
+        if capturable:  # keep bias corrections on the device as 0-dim float64 tensors
+            counts = torch.stack(d_steps).to(torch.float64)
+            bc1, bc2 = (1 - beta1**counts).unbind(), (1 - beta2**counts).unbind()
         else:
             counts = [s.item() for s in d_steps] if not torch.compiler.is_compiling() else [
                 _get_value(s) for s in d_steps]
@@ -112,40 +110,13 @@ def _multi_tensor_nsf(
         cdtype = _compute_dtype(torch.promote_types(dtype, sdtype))
         m = [t.to(cdtype) for t in d_exp_avgs] if cdtype != sdtype else d_exp_avgs
         v = [t.to(cdtype) for t in v] if cdtype != sdtype else v
-        # d_true = m̂·f(v̂) = scale_i · d below, with per-tensor scalars scale_i from the bias corrections
-        if p_value > 0:  # m̂/(v̂^p + ε) = (bc2^p/bc1) · m/(v^p + ε·bc2^p)
-            denom = _foreach_power(v, p_value)
-            torch._foreach_add_(denom, [eps * b**p_value for b in bc2])
-            factors = [b**p_value / a for a, b in zip(bc1, bc2)]
-        elif p_value < 0:  # m̂·v̂^|p| = m·v^|p| / (bc1·bc2^|p|)
-            v_pow = v if p_value == -1.0 else _foreach_power(v, -p_value)  # only read below
-            factors = [1 / (a * b**-p_value) for a, b in zip(bc1, bc2)]
+        if scale != "raw":
+            d = _foreach_grafted(m, v, d_steps, bc2, p_value, beta1, eps, scale)
         else:
-            factors = [1 / a for a in bc1]
-
-        if scale == "raw" and not isinstance(lr, Tensor) and not capturable:
-            alphas = [-lr * f for f in factors]
-            if p_value > 0:
-                torch._foreach_addcdiv_(d_params, m, denom, alphas)
-            elif p_value < 0:
-                torch._foreach_addcmul_(d_params, m, v_pow, alphas)
-            else:
-                torch._foreach_add_(d_params, torch._foreach_mul(m, alphas))
-            continue
-
-        if p_value > 0:
-            d = torch._foreach_div(m, denom)
-        elif p_value < 0 and v_pow is v:  # p = −1 reads the state itself
-            d = torch._foreach_mul(m, v_pow)
-        elif p_value < 0:
-            torch._foreach_mul_(v_pow, m)  # in place: fresh allocations of large tensors cost page faults
-            d = v_pow
-        else:
-            d = m  # not modified in place below: it may be the optimizer state itself
-        if scale == "raw":
-            d = torch._foreach_mul(d, factors) if p_value == 0 else (torch._foreach_mul_(d, factors), d)[1]
-        else:
-            d = _foreach_graft(d, m, v, bc1, bc2, p, eps, scale, owned=p_value != 0)
+            d = _foreach_raw(d_params, m, v, bc1, bc2, p_value, lr, eps, fold_lr=not (
+                isinstance(lr, Tensor) or capturable))
+            if d is None:
+                continue
         if cdtype != dtype:
             d = [t.to(dtype) for t in d]
         if isinstance(lr, Tensor):
@@ -154,51 +125,80 @@ def _multi_tensor_nsf(
             torch._foreach_add_(d_params, d, alpha=-lr)
 
 
-def _foreach_graft(d, m, v, bc1, bc2, p, eps, scale, owned: bool = False) -> list[Tensor]:
-    """Grafted steps: d (any positive per-tensor multiple of the true direction) rescaled to the reference's
-    length. Plain norms when they are finite and non-zero; tensors whose norms over- or underflow are
-    recomputed with the overflow-safe reference. ``owned``: d is scratch and may be rescaled in place."""
-    def rescale(d, ratios):
-        if owned:
-            torch._foreach_mul_(d, ratios)
-            return list(d)
-        return list(torch._foreach_mul(d, ratios))
-
-    if scale == "sgd":
-        reference = m
-        ref_factors = [1 / a for a in bc1]
-    else:  # m̂/(√v̂ + ε) = (1/bc1) · m/(√v/√bc2 + ε)
-        reference = torch._foreach_sqrt(v)
-        torch._foreach_div_(reference, [b**0.5 for b in bc2])
-        torch._foreach_add_(reference, eps)
-        torch._foreach_reciprocal_(reference)  # then × m, in place: no second large allocation
-        torch._foreach_mul_(reference, m)
-        ref_factors = [1 / a for a in bc1]
-    d_norms = torch._foreach_norm(d)
-    r_norms = torch._foreach_norm(reference)
-    if not any(isinstance(f, Tensor) for f in ref_factors):  # not capturable: the ratios on the host, one read
-        stacked = torch.stack([*d_norms, *r_norms])
-        if _is_dtensor(stacked):
-            stacked = stacked.full_tensor()
-        norms = stacked.tolist()
-        n = len(d)
-        good = [math.isfinite(norms[i]) and math.isfinite(norms[n + i]) and norms[i] > 0 and norms[n + i] > 0
-                for i in range(n)]
-        d = rescale(d, [norms[n + i] * ref_factors[i] / norms[i] if good[i] else 0.0 for i in range(n)])
-        if all(good):
-            return d
+def _foreach_raw(params, m, v, bc1, bc2, p_value, lr, eps, fold_lr: bool) -> list[Tensor] | None:
+    """The raw step per unit lr, d_true = m̂·f(v̂) = factor_i · (m·f(v)) with per-tensor scalars from the bias
+    corrections; with ``fold_lr`` (host lr and counts) it is applied to ``params`` directly (returns None)."""
+    if p_value > 0:  # m̂/(v̂^p + ε) = (bc2^p/bc1) · m/(v^p + ε·bc2^p)
+        denom = _foreach_power(v, p_value)
+        torch._foreach_add_(denom, [eps * b**p_value for b in bc2])
+        factors = [b**p_value / a for a, b in zip(bc1, bc2)]
+    elif p_value < 0:  # m̂·v̂^|p| = m·v^|p| / (bc1·bc2^|p|)
+        v_pow = v if p_value == -1.0 else _foreach_power(v, -p_value)  # only read below
+        factors = [1 / (a * b**-p_value) for a, b in zip(bc1, bc2)]
     else:
-        ratios = [rn * f / dn for rn, dn, f in zip(r_norms, d_norms, ref_factors)]
-        d = rescale(d, ratios)
-        norms_t = torch.stack([*d_norms, *r_norms])
-        if bool(torch.isfinite(norms_t).all() and (norms_t > 0).all()):
-            return d
-        good = [bool(torch.isfinite(dn) and torch.isfinite(rn) and dn > 0 and rn > 0)
-                for dn, rn in zip(d_norms, r_norms)]
-    for i in range(len(d)):
-        if not good[i]:
-            if m[i].numel() == 0:
-                continue
-            m_hat, v_hat = m[i] / bc1[i], v[i] / bc2[i]
-            d[i] = _reference_step(m_hat, v_hat, p.to(m_hat.device), eps, scale)
+        factors = [1 / a for a in bc1]
+    if fold_lr:
+        alphas = [-lr * f for f in factors]
+        if p_value > 0:
+            torch._foreach_addcdiv_(params, m, denom, alphas)
+        elif p_value < 0:
+            torch._foreach_addcmul_(params, m, v_pow, alphas)
+        else:
+            torch._foreach_add_(params, torch._foreach_mul(m, alphas))
+        return None
+    if p_value > 0:
+        d = torch._foreach_div(m, denom)
+    elif p_value < 0 and v_pow is v:  # p = −1 reads the state itself
+        d = torch._foreach_mul(m, v_pow)
+    elif p_value < 0:
+        torch._foreach_mul_(v_pow, m)  # in place: fresh allocations of large tensors cost page faults
+        d = v_pow
+    else:
+        return torch._foreach_mul(m, factors)  # m may be the optimizer state itself: not in place
+    torch._foreach_mul_(d, factors)
     return d
+
+
+def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tensor]:
+    """The grafted step per unit lr: ``_reference._graft_terms`` and its ratio in foreach form, entirely on
+    the device (no host read of any norm). Norms are taken over the finite entries in float64, so one NaN/inf
+    gradient coordinate damages only its own coordinate and no norm overflows."""
+    fmax = torch.finfo(m[0].dtype).max
+    x = torch._foreach_clamp_max(v, fmax)  # an overflowed v counts as the largest float; NaN stays (masked)
+    if scale == "adam":  # m̂/(√v̂ + ε) = r/bc1 with r = m/(√v/√bc2 + ε)
+        r = torch._foreach_sqrt(x)
+        torch._foreach_div_(r, [b**0.5 for b in bc2])
+        torch._foreach_add_(r, eps)
+        torch._foreach_reciprocal_(r)  # then × m, in place: no second large allocation
+        torch._foreach_mul_(r, m)
+    else:
+        r = m
+    a = abs(p_value)
+    if p_value > 0:  # d = m·q, q = 1/(v^p + ε·bc2^p)
+        d = _foreach_power(x, a)
+        torch._foreach_add_(d, [eps * b**a for b in bc2])
+        torch._foreach_reciprocal_(d)
+        torch._foreach_mul_(d, m)
+    elif p_value < 0:  # d = m·(v/k)^|p|, k the largest v where m is finite: |d| ≤ |m|
+        tops = torch.stack([torch.where(torch.isfinite(mi), xi, 0).amax() if xi.numel() else xi.new_zeros(())
+                            for mi, xi in zip(m, x)])  # over the good coordinates, as the reference
+        torch._foreach_div_(x, torch.where(tops > 0, tops, 1).unbind())
+        d = _foreach_power(x, a)
+        torch._foreach_mul_(d, m)
+    else:
+        d = m  # may be the optimizer state itself: scaled out of place below
+    d_norms = _finite_norms(d)
+    r_norms = d_norms if r is d else _finite_norms(r)
+    counts = torch.stack(steps).to(device=d_norms.device, dtype=torch.float64, non_blocking=True)
+    ratios = _graft_ratio(d_norms, r_norms, 1 - beta1**counts).to(m[0].dtype).unbind()  # one cast, not n
+    if d is m:
+        return list(torch._foreach_mul(m, ratios))
+    torch._foreach_mul_(d, ratios)
+    return d
+
+
+def _finite_norms(xs: list[Tensor]) -> Tensor:
+    """Per-tensor float64 norms over the finite entries, stacked on the device."""
+    norms = torch.stack(torch._foreach_norm([torch.nan_to_num(x, 0.0, 0.0, 0.0) for x in xs], 2,
+                                            dtype=torch.float64))
+    return norms.full_tensor() if _is_dtensor(norms) else norms  # FSDP2 shards: the whole tensor's norms

@@ -1,14 +1,20 @@
-"""The fused NSF step: the foreach path's folded arithmetic, compiled by ``torch.compile`` into one pass.
+"""The fused NSF step: the foreach path's folded arithmetic, compiled by ``torch.compile``.
 
 Each (parameter list, exponent kind, option set) gets its own compiled graph. Every value that moves during
 training — ``p`` (for the general kernel), ``lr``, the betas, the weight decay and the per-tensor bias
-corrections — is a tensor input, so a moving ``p`` or an lr schedule never recompiles. Only the exponent's
-*kind* is static: ``|p| ∈ {¼, ½, ¾, 1}`` get square-root chains (exact, no log/exp per element), ``p = 0`` no
-power at all, and every other ``p`` one general kernel with ``p`` as a runtime input. So a training run
-compiles at most ten variants per parameter list, whatever its p schedule does.
+corrections — is a tensor input computed on the device, so a moving ``p`` or an lr schedule never
+recompiles and no step reads a device value on the host. Only the exponent's *kind* is static:
+``|p| ∈ {¼, ½, ¾, 1}`` get square-root chains (exact, no log/exp per element), ``p = 0`` no power at all, and
+every other ``p`` one general kernel with ``p`` as a runtime input: per parameter list and option set, at
+most ten kernels for the raw scale and twenty (ten kinds × two stages) for a grafted one, whatever the p
+schedule does.
 
-If compiling fails (no C++ compiler, an unsupported platform), the optimizer warns once and takes the foreach
-path from then on.
+The raw scale is one pass over θ, g, m, v. The grafted scales take two: the moment update with the per-tensor
+norms reduced inside the kernel (over the finite entries, in float64), then the rescaled step, whose factors
+are formed on the device from those norms.
+
+If compiling fails (no C++ compiler, an unsupported platform), that optimizer and configuration warn once
+and take the foreach path; other optimizers and configurations still compile.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import math
 import threading
 import types
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from ._foreach import _group_tensors, _multi_tensor_nsf
-from ._reference import _compute_dtype, _reference_step
+from ._reference import _compute_dtype, _graft_ratio
 
 #: |p| values with an exact square-root chain (and p = 0, which needs no power at all).
 FAST_EXPONENTS = (0.25, 0.5, 0.75, 1.0)
@@ -32,10 +39,14 @@ FAST_EXPONENTS = (0.25, 0.5, 0.75, 1.0)
 #: compile) and None (the kernels' Python run as it is, no dynamo at all).
 BACKEND: str | None = "inductor"
 
+#: devices and dtypes the fused step supports (checked before anything is compiled or written).
+DEVICES = ("cpu", "cuda", "xpu")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 _lock = threading.Lock()
 _kernels: dict[tuple, Callable] = {}
-_broken: list[str] = []  # the first compile error, once compiling has failed
-_compile_counts: dict[str, int] = {"graphs": 0}
+#: compile failures: {id of an optimizer's first parameter: configurations}, dropped with that parameter
+_failed: dict[int, set] = {}
 
 
 def exponent_kind(p: float) -> str:
@@ -53,13 +64,17 @@ def is_fast(p: float) -> bool:
 
 
 def available() -> bool:
-    """Whether the fused path can be tried here (torch.compile exists and has not failed in this process)."""
-    return hasattr(torch, "compile") and not _broken
+    """Whether the fused path can be tried here (torch.compile exists)."""
+    return hasattr(torch, "compile")
 
 
-def compile_count() -> int:
-    """How many fused graphs this process has compiled (for tests and logs)."""
-    return _compile_counts["graphs"]
+def check_support(params: list[Tensor]) -> None:
+    """Raise the ``RuntimeError`` torch's fused optimizers raise for a device or dtype the kernels cannot run."""
+    for q in params:
+        if q.device.type not in DEVICES or (q.dtype not in DTYPES and not q.is_complex()):
+            raise RuntimeError(
+                f"`fused=True` requires all the params to be floating point Tensors of supported devices: "
+                f"{list(DEVICES)}, but got a {q.dtype} parameter on {q.device.type}")
 
 
 def _power(x: Tensor, a: float) -> Tensor:
@@ -74,10 +89,17 @@ def _power(x: Tensor, a: float) -> Tensor:
     return x  # a == 1
 
 
-def _update_and_direction(param, grad, m, v, vmax, row, hyper, *, kind, amsgrad, maximize, wd_mode, cdtype):
-    """Moment updates in place, then (m, x, d): x = v (or its running max), d a per-tensor multiple of the step.
+def _x_pow(x: Tensor, hyper: Tensor, kind: str, cdtype) -> Tensor:
+    """x^|p|: a square-root chain for the fast kinds, exp(|p|·log x) for the general one (0 at x = 0)."""
+    if kind == "pow":
+        return torch.exp(torch.log(x) * hyper[5].to(cdtype))
+    return _power(x, float(kind[1:]))
 
-    hyper = (1 − β1, β2, 1 − β2, λ, 1 − ηλ, |p|, sign p); row = scalars[i] = (α_i, ε_i, 1/√bc2_i, ε).
+
+def _update(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtype):
+    """The moment updates, in place; returns (m, x) in the compute dtype, x = v or its running max.
+
+    hyper = (1 − β1, β2, 1 − β2, λ, 1 − ηλ, |p|, sign p).
     """
     g = grad.to(cdtype)
     if maximize:
@@ -86,67 +108,101 @@ def _update_and_direction(param, grad, m, v, vmax, row, hyper, *, kind, amsgrad,
         g = g + hyper[3] * param.to(cdtype)
     m_new = m.to(cdtype).lerp(g, hyper[0].to(cdtype))
     v_new = v.to(cdtype) * hyper[1] + (hyper[2] * g) * g  # addcmul's order: (1 − β2)·g first, no early overflow
-    m.copy_(m_new.to(m.dtype))
-    v.copy_(v_new.to(v.dtype))
-    m_c, x = m.to(cdtype), v.to(cdtype)
-    if amsgrad:
-        vmax.copy_(torch.maximum(vmax, v).to(vmax.dtype))
-        x = vmax.to(cdtype)
-    eps_i = row[1].to(cdtype)
-    if kind == "zero":
-        d = m_c
-    elif kind == "pow":  # any sign: v^|p| once, then divide (p > 0) or multiply (p < 0)
-        x_pow = torch.exp(torch.log(x) * hyper[5].to(cdtype))  # x^a for a > 0: cheaper than pow, 0 at x = 0
-        d = torch.where(hyper[6] > 0, m_c / (x_pow + eps_i), m_c * x_pow)
-    elif kind[0] == "+":
-        d = m_c / (_power(x, float(kind[1:])) + eps_i)
-    else:
-        d = m_c * _power(x, float(kind[1:]))
-    return m_c, x, d
+    m_new, v_new = m_new.to(m.dtype), v_new.to(v.dtype)  # the values as stored (state_dtype rounding)
+    m.copy_(m_new)
+    v.copy_(v_new)
+    if amsgrad:  # the new values, not re-read from the mutated inputs: inductor then fuses it all in one loop
+        vmax_new = torch.maximum(vmax, v_new).to(vmax.dtype)
+        vmax.copy_(vmax_new)
+        return m_new.to(cdtype), vmax_new.to(cdtype)
+    return m_new.to(cdtype), v_new.to(cdtype)
 
 
 def _kernel_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, hyper, *, kind, amsgrad,
                  maximize, wd_mode, cdtype):
-    """One raw-scale NSF step, the bias corrections folded into the per-tensor scalars (as the foreach path)."""
+    """One raw-scale NSF step, the bias corrections folded into the per-tensor scalars (as the foreach path):
+    scalars[i] = (α_i, ε_i)."""
     for i in range(len(params)):
         param = params[i]
-        _, _, d = _update_and_direction(
-            param, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None, scalars[i],
-            hyper, kind=kind, amsgrad=amsgrad, maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
+        m_c, x = _update(param, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None,
+                         hyper, amsgrad=amsgrad, maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
+        eps_i = scalars[i, 1].to(cdtype)
+        if kind == "zero":
+            d = m_c
+        elif kind == "pow":  # any sign: v^|p| once, then divide (p > 0) or multiply (p < 0)
+            x_pow = _x_pow(x, hyper, kind, cdtype)
+            d = torch.where(hyper[6] > 0, m_c / (x_pow + eps_i), m_c * x_pow)
+        elif kind[0] == "+":
+            d = m_c / (_x_pow(x, hyper, kind, cdtype) + eps_i)
+        else:
+            d = m_c * _x_pow(x, hyper, kind, cdtype)
         new = param.to(cdtype)
         if wd_mode == "decoupled":
             new = new * hyper[4]
         param.copy_((new + scalars[i, 0].to(cdtype) * d).to(param.dtype))
 
 
+def _graft_q(x: Tensor, eps_i: Tensor, hyper: Tensor, kind: str, cdtype) -> tuple[Tensor, Tensor]:
+    """(x clamped, q) with the direction ∝ m·q (``_reference._graft_terms``): q = 1/(x^p + ε_i) for p > 0,
+    x^|p| for p < 0 (scaled by the stage-1 max in stage 2), 1 for p = 0. An overflowed v counts as the largest
+    float; a NaN v (where m is NaN too) stays NaN and is masked out of the norms."""
+    fmax = torch.finfo(cdtype).max
+    x = x.clamp(max=fmax)  # (nan_to_num is not vectorised by inductor on the CPU: 2× slower)
+    if kind == "zero":
+        return x, torch.ones_like(x)
+    x_pow = _x_pow(x, hyper, kind, cdtype).clamp(max=fmax)
+    if kind == "pow":
+        return x, torch.where(hyper[6] > 0, 1 / (x_pow + eps_i), x_pow)
+    return x, (1 / (x_pow + eps_i) if kind[0] == "+" else x_pow)
+
+
+def _sq_sum(t: Tensor) -> Tensor:
+    """Σ t² in float64 (no overflow for float32 inputs); t already masked. Masking in the compute dtype before
+    the cast keeps inductor's CPU code vectorised (isfinite on float64 was measured 4× slower)."""
+    t = t.to(torch.float64)
+    return (t * t).sum()
+
+
 def _graft_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, hyper, *, kind, amsgrad,
                 maximize, wd_mode, cdtype, scale):
-    """Grafted scales, stage 1: moment updates, the directions d_i, and per tensor ‖d_i‖², ‖r_i‖² (r: the
-    reference step, up to the per-tensor factor 1/bc1)."""
-    directions, sums = [], []
+    """Grafted scales, stage 1: the moment updates and, per tensor, (‖d‖², ‖r‖², k) over the finite entries
+    in float64, with d = m·q and r the reference step up to 1/bc1; k the largest q when p < 0 (else 1).
+    scalars[i] = (ε_i, 1/√bc2_i, ε)."""
+    out = []
     for i in range(len(params)):
-        m_c, x, d = _update_and_direction(
-            params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None,
-            scalars[i], hyper, kind=kind, amsgrad=amsgrad, maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
+        m_c, x = _update(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
+                         max_exp_avg_sqs[i] if amsgrad else None, hyper, amsgrad=amsgrad, maximize=maximize,
+                         wd_mode=wd_mode, cdtype=cdtype)
+        x, q = _graft_q(x, scalars[i, 0].to(cdtype), hyper, kind, cdtype)
+        good = torch.isfinite(m_c) & torch.isfinite(q)  # q is NaN exactly where v is
+        m_good, q_good = torch.where(good, m_c, 0), torch.where(good, q, 0)
         if scale == "sgd":
-            r = m_c
+            r = m_good
         else:  # m̂/(√v̂ + ε) · bc1 = m/(√v/√bc2 + ε)
-            r = m_c / (x.sqrt() * scalars[i, 2].to(cdtype) + scalars[i, 3].to(cdtype))
-        directions.append(d)
-        sums.append(torch.stack([(d * d).sum(), (r * r).sum()]))
-    return directions, torch.stack(sums)
+            r = m_good / (torch.where(good, x, 0).sqrt() * scalars[i, 1].to(cdtype) + scalars[i, 2].to(cdtype))
+        if kind == "zero" or kind[0] == "+" or q.numel() == 0:
+            k = torch.ones((), dtype=torch.float64, device=q.device)
+        else:
+            k = q_good.amax().to(torch.float64)  # as the reference's k
+            if kind == "pow":
+                k = torch.where(hyper[6] > 0, 1.0, k)
+        d = m_good.to(torch.float64) * q_good.to(torch.float64)  # float64: m·x^|p| may overflow float32
+        out.append(torch.stack([(d * d).sum(), _sq_sum(r), k]))
+    return torch.stack(out)
 
 
-def _apply_body(params, directions, alphas, hyper, *, wd_mode, cdtype):
-    """Grafted scales, stage 2: θ ← θ·(1 − ηλ if decoupled) + α_i·d_i."""
+def _apply_body(params, exp_avgs, xs, scalars, factors, hyper, *, kind, wd_mode, cdtype):
+    """Grafted scales, stage 2: θ ← θ·(1 − ηλ if decoupled) + α_i·m·(q/k_i), with factors[i] = (α_i, 1/k_i)
+    formed on the device from stage 1's norms. A non-finite m (a NaN/inf gradient) spoils only its own
+    coordinate."""
     for i in range(len(params)):
         param = params[i]
+        _, q = _graft_q(xs[i].to(cdtype), scalars[i, 0].to(cdtype), hyper, kind, cdtype)
         new = param.to(cdtype)
         if wd_mode == "decoupled":
             new = new * hyper[4]
-        alpha = alphas[i].to(cdtype)
-        step = torch.where(alpha != 0, alpha * directions[i], 0.0)  # α = 0: no step, even where d overflowed
-        param.copy_((new + step).to(param.dtype))
+        d = exp_avgs[i].to(cdtype) * (q * factors[i, 1].to(cdtype))
+        param.copy_((new + factors[i, 0].to(cdtype) * d).to(param.dtype))
 
 
 def _fresh_function(fn: Callable, name: str) -> Callable:
@@ -156,7 +212,7 @@ def _fresh_function(fn: Callable, name: str) -> Callable:
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
-def _get_kernel(key: tuple, fn: Callable, static: dict[str, Any]) -> Callable:
+def _get_kernel(key: tuple, fn: Callable, static: dict[str, Any]) -> tuple[tuple, Callable]:
     key = (BACKEND, fn.__name__, *key)
     with _lock:
         kernel = _kernels.get(key)
@@ -168,102 +224,105 @@ def _get_kernel(key: tuple, fn: Callable, static: dict[str, Any]) -> Callable:
             else:
                 kernel = torch.compile(body, backend=BACKEND, fullgraph=True, dynamic=False)
             _kernels[key] = kernel
-            _compile_counts["graphs"] += 1
-        return kernel
+        return key, kernel
 
 
 _FAILED = object()
 
 
-def _call(kernel: Callable, *args):
-    """Run a compiled kernel; ``_FAILED`` when compiling failed (then the fused path is off for this process)."""
+def _call(owner: Tensor, key_kernel: tuple[tuple, Callable], *args):
+    """Run a compiled kernel; ``_FAILED`` when it failed to compile: then this optimizer (``owner``, its first
+    parameter) takes the foreach path for this configuration, with one warning; nothing else is affected."""
+    key, kernel = key_kernel
     try:
         with torch.no_grad():
             return kernel(*args)
     except Exception as e:  # compile failures surface on the first call, before any tensor is written
         if not _is_compile_failure(e):
             raise
-        _broken.append(f"{type(e).__name__}: {e}".splitlines()[0][:300])
-        warnings.warn(f"NSF: the fused (torch.compile) step is unavailable here ({_broken[0]}); using the foreach "
-                      "path instead", RuntimeWarning, stacklevel=5)
+        with _lock:
+            _kernels.pop(key, None)  # the next optimizer with this configuration tries afresh
+            if id(owner) not in _failed:
+                _failed[id(owner)] = set()
+                weakref.finalize(owner, _failed.pop, id(owner), None)
+            _failed[id(owner)].add(key[2:])
+        message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        warnings.warn(f"NSF: the fused (torch.compile) step failed to compile ({message}); this optimizer takes "
+                      "the foreach path for this configuration", RuntimeWarning, stacklevel=5)
         return _FAILED
+
+
+def _on_device(values: list[float], device: torch.device) -> Tensor:
+    """A float64 vector of host values on ``device``: copied from the host normally, filled on the device while
+    a CUDA graph is being captured (a host-to-device copy cannot be captured)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.stack([torch.full((), v, dtype=torch.float64, device=device) for v in values])
+    return torch.tensor(values, dtype=torch.float64).to(device, non_blocking=True)
+
+
+def _scalars(steps, p_value, lr, beta1, beta2, eps, weight_decay, device, scalar_dtype, graft: bool):
+    """Per-tensor scalars, the hyper-parameter vector and the bias corrections bc1, as device tensors formed
+    from the step counts by tensor ops (no host read of a count, whether the counts live on the host or not)."""
+    t = torch.stack(steps).to(device=device, dtype=torch.float64, non_blocking=True) + 1
+    bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+    a = abs(p_value)
+    lr_t = lr.to(device=device, dtype=torch.float64, non_blocking=True).reshape(()) if isinstance(lr, Tensor) \
+        else lr
+    if graft:  # (ε_i, 1/√bc2_i, ε)
+        eps_i = eps * bc2**a if p_value > 0 else torch.zeros_like(t)
+        scalars = torch.stack([eps_i, bc2.rsqrt(), torch.full_like(t, eps)], 1)
+    elif p_value > 0:  # (α_i, ε_i)
+        scalars = torch.stack([-lr_t * bc2**a / bc1, eps * bc2**a], 1)
+    else:
+        alpha = -lr_t / (bc1 * bc2**a) if p_value < 0 else -lr_t / bc1
+        scalars = torch.stack([alpha, torch.zeros_like(t)], 1)
+    hyper = _on_device([1 - beta1, beta2, 1 - beta2, weight_decay, 1.0, a, math.copysign(1.0, p_value)], device)
+    if weight_decay != 0:
+        hyper = torch.cat([hyper[:4], (1 - lr_t * weight_decay) * hyper[4:5], hyper[5:]])
+    return scalars.to(scalar_dtype), hyper.to(scalar_dtype), bc1, lr_t
 
 
 def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, p, lr, beta1, beta2, eps,
                weight_decay, amsgrad, decoupled_weight_decay, maximize, cdtype, scale="raw") -> bool:
     """One NSF step over tensors that share a device and dtypes. Returns False (having changed nothing) when
-    the fused path is unavailable, so the caller can take the foreach path."""
-    if _broken:
-        return False
-    p_value = float(p)
+    the fused path failed to compile for this optimizer and configuration, so the caller takes the foreach
+    path."""
+    p_value = float(p)  # p lives on the host (group["p"]): reading it syncs no device
     device = params[0].device
-    lr = float(lr)
     kind = exponent_kind(p_value)
-    a = abs(p_value)
-    # the bias-correction scalars, in float64 on the host as the foreach path computes them
-    counts = torch.stack(steps).tolist() if len(steps) > 1 else [float(steps[0])]
-    rows_by_count: dict[float, tuple[float, ...]] = {}
-    for count in set(counts):
-        t = count + 1.0
-        bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
-        if p_value > 0:
-            alpha, eps_i = -lr * bc2**a / bc1, eps * bc2**a
-        elif p_value < 0:
-            alpha, eps_i = -lr / (bc1 * bc2**a), 0.0
-        else:
-            alpha, eps_i = -lr / bc1, 0.0
-        rows_by_count[count] = (alpha, eps_i, bc2**-0.5, eps, bc1)
-    rows = [rows_by_count[c] for c in counts]
-    scalar_dtype = torch.float64 if cdtype == torch.float64 else torch.float32
-    scalars = torch.tensor([r[:4] for r in rows], dtype=scalar_dtype)
-    hyper = torch.tensor(
-        [1 - beta1, beta2, 1 - beta2, weight_decay, 1 - lr * weight_decay, a, math.copysign(1.0, p_value)],
-        dtype=scalar_dtype)
-    if device.type != "cpu":
-        scalars, hyper = scalars.to(device, non_blocking=True), hyper.to(device, non_blocking=True)
     wd_mode = "none" if weight_decay == 0 else ("decoupled" if decoupled_weight_decay else "coupled")
-    static = dict(kind=kind, amsgrad=amsgrad, maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
     key = (kind, amsgrad, maximize, wd_mode, cdtype, scale, device, params[0].dtype, grads[0].dtype,
            exp_avgs[0].dtype, tuple(q.shape for q in params))
+    failed = _failed.get(id(params[0]), ())
+    if key in failed:
+        return False
+    scalar_dtype = torch.float64 if cdtype == torch.float64 else torch.float32
+    scalars, hyper, bc1, lr_t = _scalars(steps, p_value, lr, beta1, beta2, eps, weight_decay, device,
+                                         scalar_dtype, graft=scale != "raw")
+    static = dict(kind=kind, amsgrad=amsgrad, maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
     vmaxes = max_exp_avg_sqs if amsgrad else []
     if scale == "raw":
-        if _call(_get_kernel(key, _kernel_body, static), params, grads, exp_avgs, exp_avg_sqs, vmaxes, scalars,
-                 hyper) is _FAILED:
+        if _call(params[0], _get_kernel(key, _kernel_body, static), params, grads, exp_avgs, exp_avg_sqs, vmaxes,
+                 scalars, hyper) is _FAILED:
             return False
         torch._foreach_add_(steps, 1.0)
         return True
 
-    out = _call(_get_kernel(key, _graft_body, {**static, "scale": scale}), params, grads, exp_avgs, exp_avg_sqs,
-                vmaxes, scalars, hyper)
-    if out is _FAILED:
+    sums = _call(params[0], _get_kernel(key, _graft_body, {**static, "scale": scale}), params, grads, exp_avgs,
+                 exp_avg_sqs, vmaxes, scalars, hyper)
+    if sums is _FAILED:
         return False
-    directions, sums = out
     torch._foreach_add_(steps, 1.0)
-    alphas = []
-    for i, ((d2, r2), row) in enumerate(zip(sums.tolist(), rows)):
-        if math.isfinite(d2) and math.isfinite(r2):  # a zero d or reference gives a zero step, as in the spec
-            alphas.append(-lr * math.sqrt(r2 / d2) / row[4] if d2 > 0 and r2 > 0 else 0.0)
-            continue
-        alphas.append(0.0)  # norms overflowed: this tensor takes the overflow-safe reference step instead
-        decay = 1 - lr * weight_decay if wd_mode == "decoupled" else 1.0  # stage 2 multiplies θ by it
-        _overflow_safe_step(params[i], exp_avgs[i], (max_exp_avg_sqs if amsgrad else exp_avg_sqs)[i], row,
-                            p, eps, lr / decay if decay != 0 else lr, scale, cdtype)
-    alphas_t = torch.tensor(alphas, dtype=scalar_dtype)
-    if device.type != "cpu":
-        alphas_t = alphas_t.to(device, non_blocking=True)
-    apply_key = ("apply", wd_mode, cdtype, device, params[0].dtype, tuple(q.shape for q in params))
-    if _call(_get_kernel(apply_key, _apply_body, dict(wd_mode=wd_mode, cdtype=cdtype)), params, directions,
-             alphas_t, hyper) is _FAILED:
+    k = sums[:, 2]
+    ratio = _graft_ratio(sums[:, 0].sqrt() / k, sums[:, 1].sqrt(), bc1)  # ‖m·q/k‖ against ‖r‖/bc1
+    inv_k = torch.where(k > 0, 1 / torch.where(k > 0, k, 1.0), 0.0)  # k = 0: a zero direction, no step
+    factors = torch.stack([-lr_t * ratio, inv_k], 1).to(scalar_dtype)
+    apply_key = ("apply", kind, wd_mode, cdtype, device, params[0].dtype, tuple(q.shape for q in params))
+    xs = vmaxes if amsgrad else exp_avg_sqs
+    if _call(params[0], _get_kernel(apply_key, _apply_body, dict(kind=kind, wd_mode=wd_mode, cdtype=cdtype)),
+             params, exp_avgs, xs, scalars, factors, hyper) is _FAILED:
         raise RuntimeError("NSF: the fused step's second stage failed to compile after its first stage ran")
     return True
-
-
-def _overflow_safe_step(param, m, v, row, p, eps, lr, scale, cdtype) -> None:
-    """The specification, for the rare tensor whose norms overflow."""
-    bc1, inv_sqrt_bc2 = row[4], row[2]
-    with torch.no_grad():
-        d = _reference_step(m.to(cdtype) / bc1, v.to(cdtype) * inv_sqrt_bc2**2, p.to(param.device), eps, scale)
-        param.add_(d.to(param.dtype), alpha=-lr)
 
 
 def _is_compile_failure(e: Exception) -> bool:
@@ -278,8 +337,8 @@ def _fused_nsf(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
     weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
 ) -> None:
-    """The compiled step (``_fused.py``): the foreach path's arithmetic in one pass per tensor (two for the
-    grafted scales); a device/dtype group whose compile fails takes the foreach path."""
+    """The compiled step: the foreach path's arithmetic in one pass per tensor (two for the grafted scales);
+    a device/dtype group whose compile fails takes the foreach path."""
     grouped = _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
     for (device, dtype, sdtype), lists in grouped.items():
         d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps = lists

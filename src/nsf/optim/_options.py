@@ -82,8 +82,6 @@ def checked_options(o: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("fused=True and foreach=True are exclusive; choose one")
         if o["differentiable"]:
             raise ValueError("fused=True does not support differentiable=True; use fused=False")
-        if o["capturable"]:
-            raise ValueError("fused=True does not support capturable=True (it reads step counts on the host)")
     o["state_dtype"] = as_state_dtype(o.get("state_dtype"))
     try:
         _schedules.as_schedule(o["p"])(0)

@@ -15,44 +15,58 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _unit_v(v_hat: Tensor) -> Tensor:
-    """v̂ divided by its (finite) max: the p ≤ 0 direction is unchanged, and v̂^|p| ≤ 1 cannot overflow."""
-    finite = v_hat.clamp(max=torch.finfo(v_hat.dtype).max)
-    top = finite.amax()
-    return finite / torch.where(top > 0, top, torch.ones_like(top))
+def _direction(m_hat: Tensor, v_hat: Tensor, p: Tensor, eps: float) -> Tensor:
+    """The raw step per unit learning rate (SPEC §2): m̂/(v̂^p + ε) for p > 0, m̂·v̂^|p| for p ≤ 0 (v̂^p with
+    p < 0 is never formed, so zero gradients stay a no-op)."""
+    v_pow = v_hat.pow(p.abs())
+    return torch.where(p > 0, m_hat / (v_pow + eps), m_hat * v_pow)
 
 
-def _graft(direction: Tensor, reference: Tensor) -> Tensor:
-    """``direction`` rescaled to the norm of ``reference`` (per tensor).
+def _graft_terms(m: Tensor, v: Tensor, bc2, p: Tensor, eps: float, scale: str):
+    """The grafted step's ingredients from the raw moments m, v (bc2 = 1 − β2^t): ``(q, r, good)`` such that
+    the direction is a positive per-tensor multiple of ``m·q`` and ``r/bc1`` is the reference step.
 
-    Both are divided by their max-abs before the norms are taken, so neither the norms nor their ratio
-    overflow, and a zero direction gives a zero step instead of 0/0.
+    * An overflowed v (from a finite gradient) counts as the largest float, as if v̂ were clamped.
+    * ``good``: coordinates whose m and v are finite. A NaN or inf gradient coordinate is left out of the norms,
+      so it damages only its own coordinate (as in Adam), whatever the scale.
+    * p > 0: m̂/(v̂^p + ε) = (bc2^p/bc1)·m/(v^p + ε·bc2^p), so q = 1/(v^p + ε·bc2^p);
+      p ≤ 0: m̂·v̂^|p| ∝ m·(v/k)^|p| with k the largest good v, so q ≤ 1 and m·q never overflows.
     """
-    def unit(x: Tensor) -> tuple[Tensor, Tensor]:
-        top = x.abs().amax()
-        top = torch.where(top > 0, top, torch.ones_like(top))
-        return x / top, top
-
-    d_unit, _ = unit(direction)
-    r_unit, r_top = unit(reference)
-    d_norm = torch.linalg.vector_norm(d_unit)
-    d_norm = torch.where(d_norm > 0, d_norm, torch.ones_like(d_norm))
-    return d_unit * (r_top * (torch.linalg.vector_norm(r_unit) / d_norm))
+    x = v.clamp(max=torch.finfo(v.dtype).max)
+    good = torch.isfinite(m) & torch.isfinite(x)
+    a = p.abs()
+    top = torch.where(good, x, 0).amax() if x.numel() else x.new_ones(())
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    q = torch.where(p > 0, 1 / (x.pow(a) + eps * bc2**a), (x / top).pow(a))
+    r = m if scale == "sgd" else m / (x.sqrt() / bc2**0.5 + eps)  # m̂/(√v̂ + ε) = r/bc1
+    return q, r, good
 
 
-def _reference_step(m_hat: Tensor, v_hat: Tensor, p: Tensor, eps: float, scale: str) -> Tensor:
-    """The step per unit learning rate, from bias-corrected moments (SPEC §2), overflow-safe."""
-    if scale != "raw" and m_hat.numel() > 0:  # only the direction matters: keep v̂^|p| bounded
-        base = torch.where(p > 0, v_hat, _unit_v(v_hat))
-    else:
-        base = v_hat
-    v_pow = base.pow(p.abs())  # v̂^|p|: finite, and 0 where v̂ = 0 (p ≠ 0) — never v̂^p with p < 0
-    d = torch.where(p > 0, m_hat / (v_pow + eps), m_hat * v_pow)
-    if m_hat.numel() == 0 or scale == "raw":
-        return d
-    if scale == "sgd":
-        return _graft(d, m_hat)
-    return _graft(d, m_hat / (v_hat.sqrt() + eps))
+def _finite_norm(x: Tensor, good: Tensor) -> Tensor:
+    """‖x‖ over the ``good`` coordinates, divided by the max-abs first so that it cannot overflow."""
+    x = torch.where(good, x, 0)
+    top = x.abs().amax() if x.numel() else x.new_zeros(())
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    return top * torch.linalg.vector_norm(x / top)
+
+
+def _graft_ratio(d_norm: Tensor, r_norm: Tensor, bc1) -> Tensor:
+    """‖r‖/(‖d‖·bc1), or 0 where either norm is zero or not finite: a zero direction (or reference) takes no
+    step, instead of 0/0. Shared by every path so that they decide alike."""
+    ok = torch.isfinite(d_norm) & torch.isfinite(r_norm) & (d_norm > 0) & (r_norm > 0)
+    one = torch.ones_like(d_norm)
+    return torch.where(ok, r_norm / torch.where(ok, d_norm, one) / bc1, 0 * one)
+
+
+def _reference_step(m: Tensor, v: Tensor, bc1, bc2, p: Tensor, eps: float, scale: str) -> Tensor:
+    """The step per unit learning rate from the moments m, v and the bias corrections bc1 = 1 − β1^t,
+    bc2 = 1 − β2^t (SPEC §2). The grafted scales keep, per tensor, the length of the reference step
+    (m̂ for ``"sgd"``, m̂/(√v̂ + ε) for ``"adam"``), both lengths taken over the finite coordinates."""
+    if scale == "raw":
+        return _direction(m / bc1, v / bc2, p, eps)
+    q, r, good = _graft_terms(m, v, bc2, p, eps, scale)
+    d = m * q
+    return d * _graft_ratio(_finite_norm(d, good), _finite_norm(r, good), bc1)
 
 
 def _single_tensor_nsf(
@@ -84,11 +98,11 @@ def _single_tensor_nsf(
             max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq, exp_avg_sq))
             v = max_exp_avg_sq
 
-        step = step_t if capturable else _get_value(step_t)
+        step = step_t.to(torch.float64) if capturable else _get_value(step_t)  # bias corrections in float64
         cdtype = _compute_dtype(torch.promote_types(param.dtype, exp_avg.dtype))
-        m_hat = exp_avg.to(cdtype) / (1 - beta1**step)
-        v_hat = v.to(cdtype) / (1 - beta2**step)
-        d = _reference_step(m_hat, v_hat, p.to(param.device), eps, scale)
+        copy = torch.is_grad_enabled()  # differentiable: autograd must not see the state change in place later
+        d = _reference_step(exp_avg.to(cdtype, copy=copy), v.to(cdtype, copy=copy), 1 - beta1**step,
+                            1 - beta2**step, p.to(param.device), eps, scale)
         if isinstance(lr, Tensor):
             param.sub_((d * lr).to(param.dtype))
         else:

@@ -70,16 +70,19 @@ class NSF(Optimizer):
         foreach: use the ``torch._foreach_*`` path (default: yes, unless ``differentiable``; under
             ``torch.compile`` the single-tensor path is traced whatever this says).
         maximize: maximize the objective.
-        capturable: keep step counts on the parameters' device and avoid host syncs for bias correction.
+        capturable: keep step counts on the parameters' device: then no step reads a device value on the
+            host (every scale and p; ``p`` itself and a float lr are host values), so it can be captured in a
+            CUDA graph. The grafted scales never read norms on the host, capturable or not.
         differentiable: allow autograd through the step (single-tensor path).
         fused: the compiled step (``torch.compile`` of the foreach arithmetic: one pass over θ, g, m, v per
             tensor; two for the grafted scales). Every moving value (p, lr, betas, weight decay, bias
             corrections) is a tensor input, so schedules never recompile; |p| ∈ {¼, ½, ¾, 1} and p = 0 get
-            exact square-root kernels (at most ten graphs per parameter list). ``None`` (default) chooses it
-            for a device/dtype group of at least ``AUTO_FUSED_MIN_NUMEL`` (≈ 1 M) elements when ``foreach``
-            is not given, else foreach; where compiling fails it warns once and uses foreach. Complex
-            parameters, ``capturable``, ``differentiable`` and FSDP2 (DTensor) parameters in the automatic
-            choice take the other paths. See docs/performance.md.
+            exact square-root kernels. ``None`` (default) chooses it for a device/dtype group of at least
+            ``AUTO_FUSED_MIN_NUMEL`` (≈ 1 M) elements when ``foreach`` is not given, else foreach.
+            ``fused=True`` on a device or dtype it cannot run raises ``RuntimeError``; where compiling fails,
+            that optimizer and configuration warn once and use foreach. Complex parameters,
+            ``differentiable`` and FSDP2 (DTensor) parameters in the automatic choice take the other paths.
+            See docs/performance.md.
         state_dtype: dtype of m and v for real floating parameters (default: the parameter's). With bf16 or
             fp16 parameters, ``torch.float32`` keeps the moments exact to float32; the power is always taken
             in float32 or wider.
@@ -294,16 +297,18 @@ class NSF(Optimizer):
 
 
 def _use_fused(params: list[Tensor], fused: bool | None, foreach: bool | None, differentiable: bool,
-               capturable: bool, scale: str, has_complex: bool) -> bool:
+               has_complex: bool) -> bool:
     """Whether this call takes the compiled path. ``fused=None`` chooses it where it was measured to win (see
-    ``docs/performance.md``); cases it does not cover (complex parameters, capturable, differentiable, inside an
-    outer ``torch.compile``) quietly take the other paths."""
-    if fused is False or differentiable or capturable or has_complex:
+    ``docs/performance.md``); cases it does not cover (complex parameters, differentiable, inside an outer
+    ``torch.compile``) quietly take the other paths. ``fused=True`` on a device or dtype the kernels cannot
+    run raises before anything is compiled or written."""
+    if fused is False or differentiable or has_complex:
         return False
     if torch.compiler.is_compiling() or not _fused.available():
         return False
     if fused is None:
         return foreach is None and _auto_fused(params)
+    _fused.check_support(params)
     return True
 
 
@@ -344,7 +349,7 @@ def nsf(
     fused: bool | None = None,
 ) -> None:
     """Functional NSF step (see ``NSF``); ``p`` is a 0-dim tensor."""
-    if params and _use_fused(params, fused, foreach, differentiable, capturable, scale, has_complex):
+    if params and _use_fused(params, fused, foreach, differentiable, has_complex):
         _fused_nsf(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
             p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,

@@ -1,0 +1,107 @@
+"""The grafted step on the device (issues #10, #11): no host read of a device value inside ``step()`` with
+``capturable=True``, and a NaN/inf gradient coordinate damages only its own coordinate, on every path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nsf
+from nsf.optim import _fused
+
+#: one p per exponent kind: zero, the square-root chains (both signs), and the general power (both signs)
+P_KINDS = [0.0, 0.25, -0.25, 0.5, -0.5, 0.75, -0.75, 1.0, -1.0, 0.37, -0.37]
+SCALES = ["raw", "sgd", "adam"]
+PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+@pytest.fixture
+def plain_kernels(monkeypatch):
+    """The fused kernels' Python run as it is (the same arithmetic, no compile): fast, and every host read
+    inside them is visible to the guard below."""
+    monkeypatch.setattr(_fused, "BACKEND", None)
+    monkeypatch.setattr(_fused, "_kernels", {})
+
+
+def _params(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in [(40,), (6, 5), (3,)]]
+
+
+def _set_grads(params, g):
+    for q in params:
+        q.grad = torch.randn(q.shape, generator=g, dtype=q.dtype) * 10 ** torch.randint(-3, 2, q.shape, generator=g)
+
+
+@pytest.mark.parametrize("path", ["foreach", "fused"])
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("p", P_KINDS)
+def test_capturable_step_reads_no_device_value_on_the_host(monkeypatch, plain_kernels, path, scale, p):
+    """Any .item()/.tolist()/bool()/float()/int() of a tensor inside step() fails, except of group["p"] (a
+    host tensor by design); lr is a tensor too, so it is covered."""
+    params = _params()
+    opt = nsf.NSF(params, lr=torch.tensor(1e-2), p=p, scale=scale, capturable=True, weight_decay=0.01,
+                  **PATHS[path])
+    g = torch.Generator().manual_seed(1)
+    allowed = {id(opt.param_groups[0]["p"])}
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def guard(name):
+        def read(self, *args, **kwargs):
+            if id(self) not in allowed:
+                raise AssertionError(f"step() read a tensor on the host: Tensor.{name}")
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    for step in range(3):
+        _set_grads(params, g)
+        with monkeypatch.context() as m:
+            for name in HOST_READS:
+                m.setattr(torch.Tensor, name, guard(name))
+            opt.step()
+    assert all(torch.isfinite(q).all() for q in params)
+    assert all(s["step"].dtype == torch.float32 and int(s["step"]) == 3 for s in opt.state.values())
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("p", [-0.37, -0.25, 0.0, 0.25, 0.5])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_gradient_coordinate_damages_only_itself(plain_kernels, path, scale, p, bad):
+    """A bad coordinate is left out of the grafted norms, so every other coordinate moves exactly as if that
+    coordinate's gradient were 0 throughout (which contributes nothing to the norms either), step after step:
+    its m and v stay non-finite, as in Adam."""
+    runs = []
+    for value in (bad, 0.0):
+        params = _params(torch.float64)
+        start = [q.detach().clone() for q in params]
+        opt = nsf.NSF(params, lr=1e-2, p=p, scale=scale, **PATHS[path])
+        g = torch.Generator().manual_seed(3)
+        for step in range(4):
+            _set_grads(params, g)
+            params[0].grad[7] = value if step == 0 else 0.0
+            opt.step()
+        runs.append([(q.detach() - q0).clone() for q, q0 in zip(params, start)])
+    (damaged, clean) = runs
+    keep = torch.ones(40, dtype=torch.bool)
+    keep[7] = False
+    torch.testing.assert_close(damaged[0][keep], clean[0][keep], rtol=1e-12, atol=0)
+    for a, b in zip(damaged[1:], clean[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert torch.isfinite(clean[0]).all()
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("scale", ["sgd", "adam"])
+def test_grafted_non_finite_coordinate_is_lost_as_in_adam(plain_kernels, path, scale):
+    """The bad coordinate itself ends non-finite, as torch.optim.Adam's does (its m and v are NaN/inf)."""
+    theta = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    adam_theta = theta.detach().clone().requires_grad_()
+    opt = nsf.NSF([theta], lr=1e-2, p=0.25, scale=scale, **PATHS[path])
+    adam = torch.optim.Adam([adam_theta], lr=1e-2)
+    grad = torch.tensor([1.0, float("nan"), -2.0, 0.5, 3.0], dtype=torch.float64)
+    theta.grad, adam_theta.grad = grad.clone(), grad.clone()
+    opt.step()
+    adam.step()
+    assert torch.equal(torch.isfinite(theta), torch.isfinite(adam_theta))
