@@ -107,3 +107,14 @@ def loss_levels(curves: Sequence[Sequence[float]], hi: float, n: int = 5) -> lis
     lo = max(mins) * 1.02 if mins else hi / 2
     lo = min(lo, hi * 0.99)
     return [float(v) for v in np.geomspace(hi, lo, n)]
+
+
+def fmt_ci(c: dict, digits: int = 3) -> str:
+    """``mean±ci95`` of a summary cell (``{"mean", "ci95"}``), ``n/a`` when it has no mean."""
+    return "n/a" if c["mean"] is None else f"{c['mean']:.{digits}f}±{(c['ci95'] or 0):.{digits}f}"
+
+
+def skipped_lines(instrument: str, data: dict) -> list[str]:
+    """One line per task an instrument skipped, with the first line of the reason."""
+    return [f"{instrument} [{name}] skipped: {why.splitlines()[0][:100]}" for name, why in data.get("skipped", {}).items()]
+

@@ -29,7 +29,7 @@ from nsf.experiment.tuner import Grid
 from nsf.experiment.util import save_figure, write_json_atomic
 
 from . import plots
-from ._common import OptimizerSpec, first_index_below, grid_dict, loss_levels
+from ._common import OptimizerSpec, first_index_below, fmt_ci, grid_dict, loss_levels, skipped_lines
 from ._train import TUNING_CRITERION, classification_sweep, compare
 
 
@@ -135,7 +135,7 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
 
 def format_summary(data: dict) -> str:
     lines = []
-    f = lambda c, d=3: "n/a" if c["mean"] is None else f"{c['mean']:.{d}f}±{(c['ci95'] or 0):.{d}f}"  # noqa: E731
+    f = fmt_ci
     for name, r in data["results"].items():
         lv = r["loss_levels"]
         lines.append(f"alignment [{name}] test accuracy at test-loss levels " + ", ".join(f"{v:.3f}" for v in lv))
@@ -143,8 +143,7 @@ def format_summary(data: dict) -> str:
             accs = " ".join(f(o["at_loss"][str(v)]["acc"]) for v in lv)
             lines.append(f"  {lab:<48s} lr={o['lr']:<8g} {accs}  final acc {f(o['final']['acc'])} "
                          f"ECE {f(o['final']['ece'])}")
-    for name, why in data.get("skipped", {}).items():
-        lines.append(f"alignment [{name}] skipped: {why.splitlines()[0][:100]}")
+    lines += skipped_lines("alignment", data)
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ from nsf.experiment.tuner import Grid
 from nsf.experiment.util import save_figure, write_json_atomic
 
 from . import plots
-from ._common import OptimizerSpec, first_index_below, grid_dict, loss_levels
+from ._common import OptimizerSpec, first_index_below, fmt_ci, grid_dict, loss_levels, skipped_lines
 from ._train import TUNING_CRITERION, classification_sweep, compare
 
 SHARE_BAND = (0.2, 0.8)
@@ -192,11 +192,10 @@ def format_summary(data: dict) -> str:
                      f"{r['steps']} steps; at matched train loss {float(lv):.3f}:")
         for lab, o in r["optimizers"].items():
             a = o["at_loss"][lv]
-            f = lambda c, d=3: "n/a" if c["mean"] is None else f"{c['mean']:.{d}f}±{(c['ci95'] or 0):.{d}f}"  # noqa
+            f = fmt_ci
             lines.append(f"  {lab:<48s} lr={o['lr']:<8g} e_low={f(a['e_low'])} e_high={f(a['e_high'])} "
                          f"SB={f(a['SB'])} step={f(a['step'], 0)}")
-    for name, why in data.get("skipped", {}).items():
-        lines.append(f"filtering [{name}] skipped: {why.splitlines()[0][:100]}")
+    lines += skipped_lines("filtering", data)
     return "\n".join(lines)
 
 
