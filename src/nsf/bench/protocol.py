@@ -19,7 +19,7 @@ import math
 import sys
 
 from nsf.experiment.tuner import INF, Grid, LRTuner, ref_lr, score
-from nsf.registry import parse_spec
+from nsf.registry import parse_spec, spec_to_str
 
 from nsf.experiment.store import RunStore, make_config, run_id
 from .suites import Suite, arm_grid, get_suite
@@ -187,7 +187,8 @@ class Planner:
         out = []
         todo, opts = self.optimizers()
         evidence = self.suite.protocol == "evidence"
-        out += [(c, {"stage": "search", **({"label": "search", "arm": "search"} if evidence else {})}) for c in todo]
+        out += [(c, {"stage": "search", **({"label": spec_to_str(c["optimizer"]), "arm": "search"} if evidence else {})})
+                for c in todo]
         if evidence and opts is not None:
             self._announce()
             for task in self.suite.tasks:
