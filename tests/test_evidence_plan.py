@@ -87,10 +87,12 @@ def test_decisions_list_every_arm_with_kind_lr_and_best_baseline(evidence):
                                                                 "NSF-sgd 1.0"]
     w = d["search"]["winner"]
     fixed = [k for k in kinds if k.startswith("NSF fixed")]
-    assert len(fixed) == 3 and all(f"({w['scale']})" in k for k in fixed)
+    assert fixed == [f"NSF fixed p={v} ({w['scale']})" for v in ("-0.25", "0", "0.25")]  # declared, whatever the cycle
+    assert [dict(d["arms"])[k]["p"] for k in fixed] == [-0.25, 0.0, 0.25]
     assert sorted(k for k in kinds if k.startswith("NSF cyclic")) == sorted(
         f"NSF cyclic {sc}" for sc in ("raw", "sgd", "adam") if sc != w["scale"])
     arms = dict(d["arms"])
+    assert w["p"]["low"] == 0.0  # the synthetic winner's cycle is (0, 1/2): the fixed p values are not its own
     assert arms["NSF default"] == w and arms["NSF-sgd tied"] == {**w, "scale": "sgd"}
     assert arms["NSF-raw[1/4,1/2] tied"]["p"] == {**w["p"], "low": 0.25, "high": 0.5}
     dec = Decided(pl.suite, store, d)

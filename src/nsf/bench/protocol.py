@@ -181,7 +181,8 @@ class Planner:
         p = default.get("p")
         if self.suite.ablations and isinstance(p, dict) and p.get("type") == "cyclic":
             scale = default.get("scale", "raw")
-            for v in sorted({p["low"], 0.5 * (p["low"] + p["high"]), p["high"]}):
+            fixed = self.suite.fixed_p or {p["low"], 0.5 * (p["low"] + p["high"]), p["high"]}
+            for v in sorted(fixed):
                 v = round(v, 6)
                 opts.append((f"NSF fixed p={v:g} ({scale})", {**{k: x for k, x in default.items() if k != "p"},
                                                                  "p": v}))
