@@ -174,3 +174,10 @@ def test_fsgdm_gets_the_runs_length_from_create_optimizer():
     with pytest.raises(ValueError, match="total_steps"):
         create_optimizer("fsgdm", ps)
     assert create_optimizer("fsgdm", ps, total_steps=123).param_groups[0]["total_steps"] == 123
+
+
+def test_a_sequence_schedule_round_trips_through_its_text():
+    from nsf.schedules import Constant, Cyclic, Sequence
+    spec = {"name": "nsf", "p": Sequence([(100, Constant(0.5)), (200, Cyclic(-0.25, 0.25, period=50))]), "lr": 0.1}
+    text = spec_to_str(spec)
+    assert parse_spec(text) == parse_spec(spec)

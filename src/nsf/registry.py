@@ -44,12 +44,12 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], dict[str, Any]
 
 
 def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses/brackets."""
+    """Split on commas outside parentheses, brackets and braces (a sequence schedule is written as its dict)."""
     parts, depth, current = [], 0, []
     for ch in text:
-        if ch in "([":
+        if ch in "([{":
             depth += 1
-        elif ch in ")]":
+        elif ch in ")]}":
             depth -= 1
         if ch == "," and depth == 0:
             parts.append("".join(current))
