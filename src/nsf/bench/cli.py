@@ -89,7 +89,7 @@ def _bench(args) -> int:
     n0 = len(sw.store.records())
     if n0:
         print(f"resuming {args.out}: {n0} finished runs kept")
-    planner = Planner(suite, sw.store, retry_failed=True, data_root=args.data_root)
+    planner = Planner(suite, sw.store, retry_failed=True, data_root=args.data_root, announce=True)
     bar = Progress(suite.name, engine.slots)
     try:
         stats = drive(sw, planner.plan, engine, progress=bar)

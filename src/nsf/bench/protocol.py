@@ -3,17 +3,26 @@
 Every decision (chosen LR, search winner) is a pure function of ``runs.jsonl``: the driver calls
 :meth:`Planner.plan` until it returns nothing, then writes :meth:`Planner.decisions` to ``decisions.json``,
 which ``nsf report`` reads (:class:`Decided`) instead of planning again.
+
+Protocol "evidence" (docs/evidence.md) plans three kinds of arm per task: *tuned* (each its own LR search),
+*tied* (seeds only, at an LR derived from another arm's chosen LR on the same task) and *one-shot* (seeds only, at
+a fixed LR); and, for NSF default and the task's best baseline (lowest mean validation loss among the baselines
+at their chosen LRs), an LR re-tuned at each budget, then seeds at it.  Every record's meta has ``label`` and
+``arm`` (the kind; "search" for the search's runs).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
+import sys
 
 from nsf.experiment.tuner import INF, Grid, LRTuner, ref_lr, score
 from nsf.registry import parse_spec
 
 from nsf.experiment.store import RunStore, make_config, run_id
-from .suites import Suite, get_suite
+from .suites import Suite, arm_grid, get_suite
 from nsf.experiment.tasks import get_task
 
 DECISIONS_VERSION = 1
@@ -40,10 +49,13 @@ def summary(recs: list[dict]) -> dict:
 
 
 class Planner:
-    def __init__(self, suite: Suite | str, store: RunStore, retry_failed: bool = False, data_root: str | None = None):
+    def __init__(self, suite: Suite | str, store: RunStore, retry_failed: bool = False, data_root: str | None = None,
+                 announce: bool = False):
         """``retry_failed``: runs recorded as failed before now are planned again (once: a run that fails
         again in this session is final, so the sweep goes on).  ``data_root``: where user-supplied data live
-        (rule "full" reads the validation set's size for its one-sample flag)."""
+        (rule "full" reads the validation set's size for its one-sample flag).  ``announce``: print (stderr)
+        the estimated total number of runs once the search is decided."""
+        self.announce = announce
         self.suite = get_suite(suite) if isinstance(suite, str) else suite
         self.store = store
         self.data_root = data_root
@@ -76,10 +88,11 @@ class Planner:
 
     def tuner(self, task: str, spec) -> LRTuner:
         s = self.suite
-        return LRTuner(ref_lr(spec), Grid.default(), rule=s.rule, seeds=s.tune_seeds, max_points=s.max_points,
+        ref = ref_lr(spec)
+        return LRTuner(ref, arm_grid(ref, s.grid_span), rule=s.rule, seeds=s.tune_seeds, max_points=s.max_points,
                        resolution=self.resolution(task))
 
-    def tune(self, task: str, spec):
+    def tune(self, task: str, spec, budget: float = 1.0):
         """(configs still needed, Decision or None while unfinished, {lr: tuning records} of the decision)."""
         spec = parse_spec(spec)
         tuner, crit = self.tuner(task, spec), self.criterion(task)
@@ -87,7 +100,7 @@ class Planner:
         while True:
             todo = []
             for lr in tuner.pending(scores):
-                cfgs = [make_config(task, spec, lr, s, 1.0, "val") for s in tuner.seeds]
+                cfgs = [make_config(task, spec, lr, s, budget, "val") for s in tuner.seeds]
                 got = [self.rec(c) for c in cfgs]
                 todo += [c for c, r in zip(cfgs, got) if r is None]
                 if all(r is not None for r in got):
@@ -123,7 +136,7 @@ class Planner:
     def search(self) -> tuple[list[dict], dict | None]:
         """(todo, details or None while unfinished): stage A and B rows, their winners."""
         s = self.suite.search
-        best = lambda rows: min(rows, key=lambda r: (r["error"], r["loss"]))["spec"]
+        best = lambda rows: min(rows, key=s.rank)["spec"]
         todo, rows_a = self._search_rows(s.stage_a)
         if todo:
             return todo, None
@@ -158,6 +171,8 @@ class Planner:
                 opts.append((f"NSF fixed p={v:g} ({scale})", {**{k: x for k, x in default.items() if k != "p"},
                                                                  "p": v}))
             for sc in ("raw", "sgd", "adam"):
+                if self.suite.protocol == "evidence" and sc == scale:
+                    continue  # the evidence protocol's "other two scales"; the winner's own is NSF default
                 opts.append((f"NSF cyclic {sc}", {**default, "scale": sc}))
         opts += [(label, parse_spec(s)) for label, s in self.suite.extra]
         return [], opts
@@ -171,8 +186,13 @@ class Planner:
         the search, then task by task in the suite's order, tuning before seeds."""
         out = []
         todo, opts = self.optimizers()
-        out += [(c, {"stage": "search"}) for c in todo]
-        for task in self.suite.tasks if opts is not None else []:
+        evidence = self.suite.protocol == "evidence"
+        out += [(c, {"stage": "search", **({"label": "search", "arm": "search"} if evidence else {})}) for c in todo]
+        if evidence and opts is not None:
+            self._announce()
+            for task in self.suite.tasks:
+                out += self.evidence_task(task, self.arms(opts))[0]
+        for task in self.suite.tasks if opts is not None and not evidence else []:
             for label, spec in opts:
                 todo, d, _ = self.tune(task, spec)
                 if d is None:
@@ -187,6 +207,80 @@ class Planner:
         order.update({t: len(order) + i for i, t in enumerate(self.suite.tasks)})
         out.sort(key=lambda cm: (cm[1]["stage"] != "search", order.get(cm[0]["task"], 99), cm[1]["stage"] != "tune"))
         return self._unique(out)
+
+    # -- protocol "evidence" -------------------------------------------------------------------------------
+    def arms(self, opts: list[tuple[str, dict]]) -> list[dict]:
+        """Every arm: {"label", "kind", "spec"}; a tied arm also has "base" (the arm whose chosen LR it takes on
+        the same task) and "decades" (the shift of that LR: +1 = 10x), a one-shot arm its fixed "lr"."""
+        w = dict(opts)["NSF default"]
+        out = [{"label": label, "kind": "tuned", "spec": spec} for label, spec in opts]
+        raw = {"name": "nsf", "p": {**w["p"], "low": 0.25, "high": 0.5}, "scale": "raw"}
+        out += [{"label": label, "kind": "tied", "spec": parse_spec(spec), "base": base, "decades": k}
+                for label, spec, base, k in [("NSF-adam tied", {**w, "scale": "adam"}, "Adam", 0),
+                                             ("NSF-sgd tied", {**w, "scale": "sgd"}, "SGD-M", 1),
+                                             ("NSF-raw[1/4,1/2] tied", raw, "Adam", 0)]]
+        out += [{"label": label, "kind": "one-shot", "spec": parse_spec(spec), "lr": lr}
+                for label, spec, lr in [("Adam 1e-3", "adam", 1e-3), ("NSF-adam 1e-3", {**w, "scale": "adam"}, 1e-3),
+                                        ("SGD-M 0.1", "sgd", 0.1), ("NSF-sgd 1.0", {**w, "scale": "sgd"}, 1.0)]]
+        return out
+
+    def best_baseline(self, dec: dict) -> str | None:
+        """The baseline with the lowest mean validation loss (error breaks ties) at its chosen LR; None until
+        every baseline is tuned."""
+        labels = [label for label, _ in self.suite.baselines]
+        if not labels or any(label not in dec for label in labels):
+            return None
+        return min(labels, key=lambda label: (dec[label]["val"]["loss"], dec[label]["val"]["error"]))
+
+    def evidence_task(self, task: str, arms: list[dict]) -> tuple[list, dict, str | None]:
+        """(runs that can start now with meta, {label: decision}, best baseline or None) on one task.  A decision
+        is {"kind", "lr", "flags", "tried"} (+ "val": the tuned LR's validation summary, "derived": how a tied
+        arm's LR was found, "budgets": {str(budget): {"lr", "flags", "tried"}} for the re-tuned budgets)."""
+        todo, dec, spec_of = [], {}, {}
+        g = Grid.default()
+        for a in arms:
+            label, m = a["label"], {"label": a["label"], "arm": a["kind"]}
+            spec_of[label] = (a["spec"], m)
+            if a["kind"] == "tuned":
+                t, d, recs = self.tune(task, a["spec"])
+                todo += [(c, {"stage": "tune", **m}) for c in t]
+                if d is not None:
+                    dec[label] = {"kind": "tuned", "lr": d.lr, "flags": d.flags, "val": summary(recs[d.lr]),
+                                  "tried": [[lr, summary(r)] for lr, r in sorted(recs.items())]}
+            elif a["kind"] == "tied" and a["base"] in dec:
+                lr = g.at(g.fine(dec[a["base"]]["lr"]) + round(a["decades"] / (g.step / 2)))
+                dec[label] = {"kind": "tied", "lr": lr, "flags": [], "tried": [],
+                              "derived": f"{10 ** a['decades']:g} x {a['base']}'s chosen lr"}
+            elif a["kind"] == "one-shot":
+                dec[label] = {"kind": "one-shot", "lr": a["lr"], "flags": [], "tried": []}
+        best = self.best_baseline(dec)
+        for label in ["NSF default"] + ([best] if best else []):
+            if label not in dec:
+                continue
+            spec, m = spec_of[label]
+            dec[label]["budgets"] = {}
+            for b in self.suite.budgets:
+                t, d, recs = self.tune(task, spec, b)
+                todo += [(c, {"stage": "tune", "budget": b, **m}) for c in t]
+                if d is not None:
+                    dec[label]["budgets"][str(float(b))] = {
+                        "lr": d.lr, "flags": d.flags, "tried": [[lr, summary(r)] for lr, r in sorted(recs.items())]}
+        for label, d in dec.items():
+            spec, m = spec_of[label]
+            lrs = [(1.0, d["lr"])] + [(float(b), x["lr"]) for b, x in d.get("budgets", {}).items()]
+            for b, lr in lrs:
+                for seed in self.suite.seeds:
+                    c = make_config(task, spec, lr, seed, b, "test")
+                    if self.rec(c) is None:
+                        todo.append((c, {"stage": "seeds" if b == 1.0 else "budget", **m}))
+        return todo, dec, best
+
+    def _announce(self) -> None:
+        if self.announce and not getattr(self, "_announced", False):
+            self._announced = True
+            n = dry_run(self.suite, self.store)
+            print(f"{self.suite.name}: search decided; about {n['total']} runs in all ({n['done']} done; estimate: "
+                  f"every remaining LR search ends at its first bracket)", file=sys.stderr)
 
     def _unique(self, items):
         seen, out = set(), []
@@ -206,6 +300,14 @@ class Planner:
             out["search"] = self.search()[1]
         _, opts = self.optimizers()
         if opts is None:
+            return out
+        if self.suite.protocol == "evidence":
+            arms = self.arms(opts)
+            out["arms"] = [[a["label"], a["spec"]] for a in arms]
+            out["arm_kinds"] = {a["label"]: a["kind"] for a in arms}
+            out["best_baseline"] = {}
+            for task in self.suite.tasks:
+                _, out["tuning"][task], out["best_baseline"][task] = self.evidence_task(task, arms)
             return out
         out["arms"] = [[label, spec] for label, spec in opts]
         for task in self.suite.tasks:
@@ -237,7 +339,48 @@ class Decided:
     def final_runs(self, task: str, label: str, spec, budget: float = 1.0) -> list[dict]:
         """The finished, not failed, test runs of an arm at its chosen LR."""
         t = self.tuning(task, label)
+        if t is not None and budget != 1.0 and "budgets" in t:  # protocol "evidence": LR re-tuned per budget
+            t = t["budgets"].get(str(float(budget)))
         if t is None:
             return []
         recs = [self._by_id.get(run_id(make_config(task, spec, t["lr"], s, budget, "test"))) for s in self.suite.seeds]
         return [r for r in recs if r is not None and not failed(r)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dry runs: how many runs a suite plans
+
+class MemoryStore:
+    """A run store in memory (dry runs): ``records()`` and ``add()`` as :class:`RunStore`."""
+
+    def __init__(self, records: dict | None = None):
+        self._records = dict(records or {})
+
+    def records(self) -> dict:
+        return self._records
+
+    def add(self, record: dict, curves: dict | None = None) -> None:
+        self._records[record["run_id"]] = record
+
+
+def synthetic_final(config: dict) -> dict:
+    """A made-up result: a bowl in log-LR centred on the arm's reference LR (so a "full" LR search ends at its
+    first bracket), offset per spec (so search candidates differ)."""
+    spec = config["optimizer"]
+    h = int(hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6], 16) / 16 ** 6
+    loss = 0.5 + 0.1 * math.log10(config["lr"] / ref_lr(spec)) ** 2 + 0.01 * h
+    return {"loss": loss, "error": loss / 5, "diverged": False, "steps": 1}
+
+
+def dry_run(suite: Suite | str, store: RunStore | None = None, final=synthetic_final) -> dict[str, int]:
+    """Plan a whole suite as if every run not in ``store`` finished with ``final(config)``: the number of runs
+    per stage, "done" (already in ``store``) and "total"."""
+    mem = MemoryStore(store.records() if store is not None else None)
+    counts = {"done": len(mem.records())}
+    planner = Planner(suite, mem)
+    while todo := planner.plan():
+        for c, m in todo:
+            mem.add({"run_id": run_id(c), "config": c, "final": final(c), **m})
+            counts[m["stage"]] = counts.get(m["stage"], 0) + 1
+    counts["total"] = len(mem.records())
+    return counts

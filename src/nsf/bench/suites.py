@@ -11,13 +11,17 @@ Protocol, per task:
   stage "budget" the NSF default at budgets in ``budgets`` (whole schedule compressed), same seeds.
 An optional stage "search" (standard suite) first chooses the NSF default configuration on the validation
 splits of ``search.tasks`` from a declared space; the winner is then "NSF default" in the other stages.
+Protocol "evidence" (docs/evidence.md) adds tied and one-shot arms and re-tunes the LR per budget for NSF
+default and the task's best baseline (see nsf.bench.protocol); its grid is per arm (``grid_span`` decades on
+each side of the arm's snapped reference LR).
 Everything is a pure function of the finished runs, so a resumed sweep plans exactly the same runs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from nsf.experiment.tuner import CRITERIA, LRTuner
+from nsf.experiment.tuner import CRITERIA, Grid, LRTuner
 
 
 @dataclass
@@ -25,10 +29,22 @@ class Search:
     """Declared search for the default NSF configuration (validation splits only)."""
     tasks: list
     stage_a: list           # specs: p range x scale mode, at a fixed period/shape
-    periods: list           # stage B: the winner of A at each period x shape
-    shapes: list
+    periods: list = field(default_factory=list)  # stage B (old form): the winner of A at each period x shape
+    shapes: list = field(default_factory=list)
+    variants: list | None = None  # stage B (new form): the winner with each of these overrides of its p
+    score: str = "error"    # the mean over tasks ranked by "error" (loss breaks ties) or "loss" (error breaks ties)
+
+    def __post_init__(self):
+        if self.score not in CRITERIA:
+            raise ValueError(f"search score must be one of {CRITERIA}, got {self.score!r}")
+
+    def rank(self, row: dict) -> tuple:
+        return (row["error"], row["loss"]) if self.score == "error" else (row["loss"], row["error"])
 
     def stage_b(self, winner: dict) -> list:
+        if self.variants is not None:
+            from nsf.registry import parse_spec
+            return [parse_spec({**winner, "p": {**winner["p"], **v}}) for v in self.variants]
         out = []
         for per in self.periods:
             for shape in self.shapes:
@@ -37,6 +53,20 @@ class Search:
                 d["p"]["shape"] = shape
                 out.append(d)
         return out
+
+
+PROTOCOLS = ("standard", "evidence")
+
+
+def arm_grid(ref: float, span: float | None) -> Grid:
+    """The declared grid of an arm: the shared default grid, or half-decades from ``10**-span`` to ``10**span``
+    times ``ref`` snapped to a half-decade (same lattice, so every LR is one exact float)."""
+    if span is None:
+        return Grid.default()
+    step = Grid.default().step
+    j = round(math.log10(ref) / step)
+    k = round(span / step)
+    return Grid(lo=10 ** ((j - k) * step), hi=10 ** ((j + k) * step), step=step)
 
 
 @dataclass
@@ -54,12 +84,17 @@ class Suite:
     criterion: str = "auto"              # tuning score: "error", "loss", or "auto" (loss for text, else error)
     search: Search | None = None
     extra: list = field(default_factory=list)  # (label, spec) from the command line
+    grid_span: float | None = None       # per-arm grid: this many decades each side of the arm's reference LR
+    protocol: str = "standard"           # "standard" or "evidence" (tied and one-shot arms, re-tuned budgets)
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"suite {self.name!r}: protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.criterion not in CRITERIA + ("auto",):
             raise ValueError(f"suite {self.name!r}: unknown criterion {self.criterion!r}")
         try:  # rule, tuning seeds and point cap are checked by the tuner itself
-            LRTuner(1e-3, rule=self.rule, seeds=self.tune_seeds, max_points=self.max_points)
+            LRTuner(1e-3, arm_grid(1e-3, self.grid_span), rule=self.rule, seeds=self.tune_seeds,
+                    max_points=self.max_points)
         except ValueError as e:
             raise ValueError(f"suite {self.name!r}: {e}") from None
 
@@ -79,6 +114,25 @@ SEARCH = Search(
     shapes=["cosine", "triangle", "square"],
 )
 
+def _per_run(low, high, cycles=2.0, shape="cosine"):
+    """A p cycle stated per run (the registry's canonical form of ``cyclic(low,high,cycles=c,shape=s)``)."""
+    return {"type": "cyclic", "low": low, "high": high, "cycles": float(cycles), "shape": shape, "phase": 0.0}
+
+
+# docs/evidence.md: stage A = p range x scale at 2 cosine cycles per run; stage B = the winner at 1, 2, 4, 8 cycles
+EVIDENCE_SEARCH = Search(
+    tasks=["mnist1d-mlp", "fashion-mlp"],
+    stage_a=[{"name": "nsf", "p": _per_run(lo, hi), "scale": sc}
+             for (lo, hi) in [(-0.25, 0.25), (0.0, 0.5)] for sc in ["adam", "sgd", "raw"]],
+    variants=[{"cycles": float(c)} for c in (1, 2, 4, 8)], score="loss",
+)
+EVIDENCE_SMOKE_SEARCH = Search(
+    tasks=["digits-mlp-tiny"],
+    stage_a=[{"name": "nsf", "p": _per_run(-0.25, 0.25), "scale": "adam"},
+             {"name": "nsf", "p": _per_run(0.0, 0.5), "scale": "sgd"}],
+    variants=[{"cycles": 1.0}, {"cycles": 2.0}], score="loss",
+)
+
 SUITES = {
     "smoke": Suite("smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam")], default="nsf",
                    ablations=False, seeds=[0, 1], budgets=[0.5], max_points=3),
@@ -88,6 +142,13 @@ SUITES = {
     "standard": Suite("standard", ["digits-mlp", "mnist1d-mlp", "fashion-mlp", "mnist1d-cnn", "mnist-cnn",
                                    "fashion-cnn", "shakespeare-gru"], BASELINES, default=None, search=SEARCH),
     "search": Suite("search", [], [], default=None, search=SEARCH),
+    "evidence": Suite("evidence", ["mnist1d-mlp", "fashion-mlp"], BASELINES + [("FSGDM", "fsgdm")], default=None,
+                      seeds=list(range(10)), budgets=[0.25, 0.5], tune_seeds=[100, 101], rule="full",
+                      criterion="loss", search=EVIDENCE_SEARCH, grid_span=2.0, protocol="evidence"),
+    "evidence-smoke": Suite("evidence-smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam"),
+                                                                     ("FSGDM", "fsgdm")], default=None,
+                            seeds=[0, 1], budgets=[0.5], tune_seeds=[100], rule="full", max_points=5,
+                            criterion="loss", search=EVIDENCE_SMOKE_SEARCH, grid_span=0.5, protocol="evidence"),
 }
 
 
