@@ -56,6 +56,7 @@ def write_rundir(root, labels=tuple(ARMS), complete=True, rng_seed=0):
         lines.append(json.dumps(rec))
         (root / "curves" / f"{rid}.json").write_text(json.dumps(_curves(1 - err, faster=faster)))
 
+    budget_lr = {0.25: 3.0, 0.5: 2.0, 1.0: 1.0}  # the LR is re-tuned per budget
     for label in labels:
         kind, lr, shift, sd = ARMS[label]
         budgets = (0.25, 0.5, 1.0) if label in ("NSF default", "Adam") else (1.0,)
@@ -65,17 +66,17 @@ def write_rundir(root, labels=tuple(ARMS), complete=True, rng_seed=0):
             extra = drop.get(label, {1.0: 0.0})[b]
             for s in SEEDS:
                 err = 0.10 + (shift + extra + sd * rng.standard_normal()) / 100
-                add(label, lr, s, b, "test", err, faster=1.3 if label == "NSF default" else 1.0)
-        if label in V.BASELINES:
-            for s in (100, 101):
-                add(label, lr, s, 1.0, "val", 0.1 + shift / 100)
+                add(label, lr * budget_lr[b], s, b, "test", err, faster=1.3 if label == "NSF default" else 1.0)
     (root / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    tuning = {label: {"kind": ARMS[label][0], "lr": ARMS[label][1], "flags": ["edge"] if label == "Padam" else [],
+                      "tried": []} for label in labels}
+    for label in ("NSF default", "Adam"):
+        if label in tuning:
+            tuning[label]["budgets"] = {str(b): {"lr": ARMS[label][1] * budget_lr[b], "flags": ["cap"] * (b == 0.5),
+                                                 "tried": []} for b in (0.25, 0.5)}
     dec = {"version": 2, "suite": "evidence-fake", "complete": complete, "search": None,
-           "arms": [[label, _spec(label)] for label in labels],
-           "tuning": {TASK: {label: {"lr": ARMS[label][1], "flags": ["edge"] if label == "Padam" else [],
-                                     "tried": []} for label in labels}}}
-    if not complete:
-        dec["planned_total"] = 999
+           "arms": [[label, _spec(label)] for label in labels], "arm_kinds": {k: ARMS[k][0] for k in labels},
+           "best_baseline": {TASK: "Adam" if complete else None}, "tuning": {TASK: tuning}}
     (root / "decisions.json").write_text(json.dumps(dec))
     return root
 
@@ -127,9 +128,10 @@ def test_bootstrap_paired_keeps_pairs_and_infinities():
 # the pieces
 
 def test_first_budget_interpolates_the_mean_curve():
-    assert V.first_budget([0.8, 0.9, 1.0], 0.95) == pytest.approx(0.75)
-    assert V.first_budget([0.96, 0.97, 0.98], 0.95) == 0.25  # censored: "at most a quarter"
-    assert V.first_budget([0.8, 0.85, 0.9], 0.95) == math.inf
+    B = (0.25, 0.5, 1.0)
+    assert V.first_budget([0.8, 0.9, 1.0], 0.95, B) == pytest.approx(0.75)
+    assert V.first_budget([0.96, 0.97, 0.98], 0.95, B) == 0.25  # censored: "at most a quarter"
+    assert V.first_budget([0.8, 0.85, 0.9], 0.95, B) == math.inf
 
 
 def test_acc_at_matched_loss_interpolates_the_first_crossing():
@@ -167,7 +169,7 @@ def test_verdict_c4_needs_a_silent_negative_control():
 
 def test_time_to_target_and_reverse_view_on_known_curves(tmp_path):
     from nsf.bench.report import load
-    arms = V.arms_from_records(load(write_rundir(tmp_path / "r")).store.records().values())[TASK]
+    arms = V.arms_of(load(write_rundir(tmp_path / "r")))[TASK]
     t = V.time_to_target(arms["NSF default"], arms["Adam"], n_boot=400)
     # NSF default: +2 points at full budget, Adam's full accuracy reached near half the budget
     assert t["ratio"][0] == pytest.approx(0.5, abs=0.08) and t["ratio"][1] <= t["ratio"][0] <= t["ratio"][2]
@@ -203,7 +205,7 @@ def test_report_of_an_evidence_sweep_lists_verdicts_fsgdm_and_flags(tmp_path):
     d = write_rundir(tmp_path / "r")
     md = write_report(d).read_text()
     assert "PARTIAL" not in md and "Verdicts per claim × arm kind" in md
-    for text in ("FSGDM", "Padam: edge", "C3 time to target", "P1 **held**", "AdamW − Adam", "*not* temperature-scaled"):
+    for text in ("FSGDM", "Padam: edge", "Adam: cap @0.5", "C3 time to target", "P1 **held**", "AdamW − Adam", "*not* temperature-scaled"):
         assert text in md, text
     assert (d / "plots" / f"{TASK}_evidence_budget.png").exists() and (d / "plots" / f"{TASK}_evidence_early.png").exists()
     assert json.loads((d / "summary.json").read_text())["C1"][0]["verdict"] == "held"
@@ -214,5 +216,50 @@ def test_report_of_a_partial_sweep_says_so(tmp_path):
     d = write_rundir(tmp_path / "r", labels=("Adam", "NSF default", "NSF-adam tied"), complete=False)
     md = write_report(d).read_text()
     n = sum(1 for _ in open(d / "runs.jsonl"))
-    assert f"PARTIAL: {n} of 999 planned runs finished" in md.splitlines()[2]
+    assert f"PARTIAL: {n} of about " in md.splitlines()[2]
     assert "no data" in md
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a real sweep: the evidence-smoke suite end to end
+
+@pytest.fixture(scope="module")
+def evidence_smoke(tmp_path_factory):
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("esmoke")
+    res = subprocess.run([sys.executable, "-c", "import sys; from nsf.cli import main; sys.exit(main())",
+                          "bench", "--suite", "evidence-smoke", "--out", str(out), "--threads", "1", "--report"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_evidence_smoke_report_has_every_primary_comparison(evidence_smoke):
+    from nsf.bench import evidence_md as E
+    from nsf.bench.report import load
+    md = (evidence_smoke / "report.md").read_text()
+    assert "Complete: all" in md and "PARTIAL" not in md
+    an = E.analyse(load(evidence_smoke))
+    arms = an["arms"][TASK]
+    assert {r["id"] for r in an["C1"]["rows"] if r["res"] and r["res"]["n"] == 2} == {"P1", "P2", "P3", "P4"}
+    assert arms["NSF-adam tied"].lr[1.0] == arms["Adam"].lr[1.0]
+    assert arms["NSF-sgd tied"].lr[1.0] == pytest.approx(10 * arms["SGD-M"].lr[1.0], rel=1e-6)
+    assert an["C3"][TASK] is not None and an["C3"][TASK]["budgets"] == (0.5, 1.0)
+    assert {a.kind for a in arms.values()} == {"tuned", "tied", "one-shot"} and "FSGDM" in arms
+    for r in an["C1"]["rows"]:  # the CI printed is the paired t interval of the per-seed differences
+        n, b = arms[r["nsf"]].finals("error"), arms[r["base"]].finals("error")
+        d = [100 * (n[s] - b[s]) for s in sorted(n)]
+        assert r["res"]["diff"] == pytest.approx(np.mean(d))
+
+
+def test_evidence_smoke_partial_sweep_is_never_shown_as_finished(evidence_smoke, tmp_path):
+    import shutil
+    from nsf.bench.report import write_report
+    d = tmp_path / "partial"
+    shutil.copytree(evidence_smoke, d)
+    lines = (d / "runs.jsonl").read_text().splitlines()
+    (d / "runs.jsonl").write_text("\n".join(lines[: len(lines) - 10]) + "\n")
+    (d / "decisions.json").unlink()
+    md = write_report(d).read_text()
+    assert f"PARTIAL: {len(lines) - 10} of about {len(lines)} planned runs finished" in md

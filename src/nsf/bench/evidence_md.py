@@ -17,8 +17,8 @@ KINDS = ("tuned", "tied", "one-shot")
 
 
 def is_evidence(dec) -> bool:
-    """An evidence-protocol sweep: its runs carry an arm kind, or its suite is one of the evidence suites."""
-    return dec.suite.name.startswith("evidence") or any(r.get("arm") for r in dec.store.records().values())
+    """A sweep of the evidence protocol (tied and one-shot arms, budgets re-tuned)."""
+    return getattr(dec.suite, "protocol", None) == "evidence" or dec.suite.name.startswith("evidence")
 
 
 def test_size(task: str, data_root: str | None = None) -> int | None:
@@ -36,9 +36,8 @@ def test_size(task: str, data_root: str | None = None) -> int | None:
 
 def analyse(dec, data_root: str | None = None) -> dict:
     recs = list(dec.store.records().values())
-    arms = V.arms_from_records(recs, dec.d)
-    decided = (dec.d or {}).get("best_baseline") or {}
-    best = {t: V.best_baseline(t, a, recs, decided.get(t)) for t, a in arms.items()}
+    arms = V.arms_of(dec)
+    best = {t: (dec.d.get("best_baseline") or {}).get(t) for t in arms}  # chosen on validation by the planner
     n_test = {t: test_size(t, data_root) for t in arms}
     curves_of = lambda r: dec.store.curves(r["run_id"])  # noqa: E731
     c12 = V.claim_c1_c2(arms, best, n_test)
@@ -77,15 +76,11 @@ def banner(dec, n_done: int) -> list[str]:
     d = dec.d or {}
     if d.get("complete"):
         return [f"Complete: all {n_done} planned runs finished.\n"]
-    total = d.get("planned_total")
-    if total is None:
-        from .protocol import Planner
-        total = f"≥ {n_done + len(Planner(dec.suite, dec.store).plan())}"
-        why = " (later stages are planned as earlier ones finish, so the total is a lower bound)"
-    else:
-        why = ""
-    return [f"> **PARTIAL: {n_done} of {total} planned runs finished{why}.** Every table below covers the runs "
-            "finished so far; verdicts on a partial sweep are provisional.\n"]
+    from .protocol import dry_run
+    total = dry_run(dec.suite, dec.store)["total"]
+    return [f"> **PARTIAL: {n_done} of about {total} planned runs finished** (a dry run's estimate: every LR "
+            "search not yet done ends at its first bracket). Every table below covers the runs finished so far; "
+            "verdicts on a partial sweep are provisional.\n"]
 
 
 def render(dec, an: dict, files: dict, img_prefix: str = "", notes: str = "") -> str:
@@ -180,28 +175,28 @@ def _power(an: dict) -> list[str]:
 def _ttt(an: dict) -> list[str]:
     L = ["## C3 time to target\n",
          "Target = the best tuned baseline's full-budget mean test accuracy. Per arm the per-seed final accuracy at "
-         "budgets ¼, ½, 1 (LR re-tuned per budget); the first budget reaching the target by linear interpolation "
-         "of the mean in budget (a value of 0.25 means \"at most ¼\"); step ratio = NSF's / the baseline's; "
+         "each budget run (LR re-tuned per budget); the first budget reaching the target by linear interpolation "
+         "of the mean in budget (the smallest budget run means \"at most that\"); step ratio = NSF's / the baseline's; "
          "reverse = the baseline's budget to reach NSF's full-budget mean accuracy / NSF's. Percentile bootstrap "
          "over seeds (resampled jointly for both arms and all budgets, 2000 draws) at the Bonferroni level across "
          "tasks. Held if the CI is ≤ 0.25, not held if its lower end is > 0.5.\n",
-         "| task | arm | acc ¼ % | acc ½ % | acc 1 % | target % | step ratio [CI] | reverse [CI] | verdict |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         "| task | arm | final accuracy % per budget | target % | step ratio [CI] | reverse [CI] | verdict |",
+         "|---|---|---|---|---|---|---|"]
     for task, t in an["C3"].items():
         if t is None:
-            L.append(f"| {task} | (budget runs missing) | | | | | | | |")
+            L.append(f"| {task} | (budget runs missing) | | | | | |")
             continue
         for who, label in (("nsf", "NSF default"), ("base", an["best"][task])):
             acc = t["acc"][who]
-            cols = [_ms(acc[:, i]) for i in range(3)]
+            cols = ["; ".join(f"{b:g}: {_ms(acc[:, i])}" for i, b in enumerate(t["budgets"]))]
             last = (f"{100 * t['target']:.2f} | {_budget(t['ratio'][0])} [{_budget(t['ratio'][1])}, "
                     f"{_budget(t['ratio'][2])}] | {_budget(t['reverse'][0])} [{_budget(t['reverse'][1])}, "
                     f"{_budget(t['reverse'][2])}] | **{t['verdict']}**") if who == "nsf" else " | | | "
             L.append(f"| {task} | {label} | " + " | ".join(cols) + f" | {last} |")
         fs = an["arms"][task].get("FSGDM")
         if fs is not None and an["best"][task] != "FSGDM":
-            L.append(f"| {task} | FSGDM (full budget only) | | | "
-                     f"{_ms([1 - e for e in fs.finals('error').values() if e is not None])} | | | | |")
+            L.append(f"| {task} | FSGDM (full budget only) | "
+                     f"1: {_ms([1 - e for e in fs.finals('error').values() if e is not None])} | | | | |")
     L.append("")
     return L
 
@@ -265,9 +260,9 @@ def plots(dec, an: dict, outdir: Path) -> dict:
             fig, ax = plt.subplots(figsize=(5.5, 4))
             for who, label in (("nsf", "NSF default"), ("base", an["best"][task])):
                 acc = 100 * t["acc"][who]
-                ax.errorbar(V.BUDGETS, acc.mean(0), yerr=acc.std(0, ddof=1), marker="o", capsize=3, label=label)
+                ax.errorbar(t["budgets"], acc.mean(0), yerr=acc.std(0, ddof=1), marker="o", capsize=3, label=label)
             ax.axhline(100 * t["target"], color="k", ls=":", lw=1, label="target")
-            ax.set(xlabel="budget (fraction of the full run)", ylabel="final test accuracy %", xticks=V.BUDGETS,
+            ax.set(xlabel="budget (fraction of the full run)", ylabel="final test accuracy %", xticks=t["budgets"],
                    title=f"{task}: time to target")
             ax.legend(fontsize=7)
             files[task, "budget"] = Path(save_figure(fig, outdir / f"{task}_evidence_budget.png", dpi=90)).name

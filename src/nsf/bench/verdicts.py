@@ -2,7 +2,7 @@
 CIs and verdicts per claim (C1 test error, C2 test loss, C3 time to target, C4 early alignment), and the power
 analysis.  Pure functions of the finished runs; ``nsf.bench.evidence_md`` renders them.
 
-The arms come as ``{task: {label: Arm}}`` (see :func:`arms_from_records`); every comparison pairs runs by seed,
+The arms come as ``{task: {label: Arm}}`` (see :func:`arms_of`); every comparison pairs runs by seed,
 since every arm shares a seed's initialisation and batch order.
 """
 from __future__ import annotations
@@ -15,8 +15,6 @@ import numpy as np
 from nsf.experiment import stats as S
 
 ALPHA = 0.05
-BUDGETS = (0.25, 0.5, 1.0)
-BASELINES = ("SGD-M", "Adam", "AdamW", "Padam", "FSGDM")
 BEST = "best baseline"  # placeholder for the task's best tuned baseline (chosen on validation)
 # The declared primary comparisons (docs/evidence.md): id, arm kind, NSF arm, baseline arm.
 PRIMARY = (("P1", "tuned", "NSF default", BEST), ("P2", "tied", "NSF-adam tied", "Adam"),
@@ -43,67 +41,26 @@ class Arm:
                 for s, r in self.runs.get(budget, {}).items()}
 
 
-def arms_from_records(records, decisions: dict | None = None) -> dict:
-    """``{task: {label: Arm}}`` from the finished test runs (their ``label`` / ``arm`` fields); a run that serves
-    several arms (a tied arm reusing another's config) is listed under each arm ``decisions`` maps to it."""
+def arms_of(dec) -> dict:
+    """``{task: {label: Arm}}`` from a sweep's decisions (:class:`~nsf.bench.protocol.Decided`): each arm's
+    finished test runs at its chosen (or derived, or fixed) LR per budget, so a run shared by two arms (a tied
+    arm whose config equals another's) serves both."""
+    kinds = dec.d.get("arm_kinds") or {}
     out: dict = {}
-    alias = _aliases(decisions)
-    for r in records:
-        c = r["config"]
-        if c.get("split") != "test" or r["final"].get("failed") or not r.get("label"):
-            continue
-        for label in [r["label"]] + alias.get((c["task"], r["run_id"]), []):
-            arm = out.setdefault(c["task"], {}).setdefault(label, Arm(label))
-            if label == r["label"]:
-                arm.kind = r.get("arm") or arm.kind
-            arm.lr[c["budget"]] = c["lr"]
-            arm.runs.setdefault(c["budget"], {})[c["seed"]] = r
-    for task, arms in (decisions or {}).get("tuning", {}).items():
-        for label, t in arms.items():
-            if label in out.get(task, {}):
-                out[task][label].flags = list(t.get("flags") or [])
-    for task, kinds in _kinds(decisions).items():
-        for label, kind in kinds.items():
-            if label in out.get(task, {}):
-                out[task][label].kind = kind
+    for task, decided in (dec.d.get("tuning") or {}).items():
+        arms = out[task] = {}
+        for label, spec in dec.optimizers():
+            t = decided.get(label)
+            if t is None:
+                continue
+            arm = arms[label] = Arm(label, t.get("kind") or kinds.get(label, "tuned"), flags=list(t.get("flags") or []))
+            per_budget = [(1.0, t)] + [(float(b), x) for b, x in (t.get("budgets") or {}).items()]
+            for b, x in per_budget:
+                arm.lr[b] = x["lr"]
+                arm.runs[b] = {r["config"]["seed"]: r for r in dec.final_runs(task, label, spec, b)}
+                if b != 1.0:
+                    arm.flags += [f"{f} @{b:g}" for f in x.get("flags") or []]
     return out
-
-
-def _aliases(decisions) -> dict:
-    """(task, run_id) -> further arm labels served by that run (from decisions' ``shared`` entries, if any)."""
-    out: dict = {}
-    for task, m in ((decisions or {}).get("shared") or {}).items():
-        for rid, labels in m.items():
-            out[task, rid] = list(labels)
-    return out
-
-
-def _kinds(decisions) -> dict:
-    """{task: {label: kind}} from decisions' arm list where it states kinds (dict entries with ``kind``)."""
-    out: dict = {}
-    for a in (decisions or {}).get("arms") or []:
-        if isinstance(a, dict) and "kind" in a:
-            for task in (decisions.get("tuning") or {}):
-                out.setdefault(task, {})[a["label"]] = a["kind"]
-    return out
-
-
-def best_baseline(task: str, arms: dict, records=(), decided: str | None = None) -> str | None:
-    """The task's best tuned baseline: ``decided`` (decisions.json) if given, else the lowest mean validation
-    loss over the tuning seeds at each baseline's chosen LR (validation only, never test)."""
-    if decided:
-        return decided
-    scores = {}
-    for label in BASELINES:
-        a = arms.get(label)
-        if a is None or 1.0 not in a.lr:
-            continue
-        ls = [math.inf if r["final"].get("diverged") else r["final"]["loss"] for r in records
-              if r.get("label") == label and r["config"]["task"] == task and r["config"]["split"] == "val"
-              and r["config"]["budget"] == 1.0 and r["config"]["lr"] == a.lr[1.0]]
-        if ls:
-            scores[label] = sum(ls) / len(ls)
-    return min(scores, key=scores.get) if scores else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,7 +166,7 @@ def power_table(arms_by_task: dict, best: dict, n_test: dict, delta: float = 0.3
 # ----------------------------------------------------------------------------------------------------------
 # C3: time to target
 
-def first_budget(means, target: float, budgets=BUDGETS) -> float:
+def first_budget(means, target: float, budgets) -> float:
     """First budget at which the piecewise-linear mean-accuracy-vs-budget curve reaches ``target``: the
     smallest budget if it already does there (a censored value: "at most"), inf if never."""
     for i, (b, m) in enumerate(zip(budgets, means)):
@@ -221,30 +178,27 @@ def first_budget(means, target: float, budgets=BUDGETS) -> float:
     return math.inf
 
 
-def _budget_matrix(arm: Arm, seeds) -> np.ndarray:
-    return np.array([[1.0 - arm.runs[b][s]["final"]["error"] for b in BUDGETS] for s in seeds])
-
-
 def time_to_target(nsf: Arm, base: Arm, level: float = 0.95, n_boot: int = 2000) -> dict | None:
     """C3 for one task: target = the baseline's full-budget mean test accuracy; step ratio = NSF's first budget
     reaching it / the baseline's; reverse = the baseline's first budget reaching NSF's full-budget mean accuracy
-    / NSF's.  Bootstrap CIs resample seeds jointly over both arms and all budgets.  None without all budgets."""
-    if not all(b in a.runs for a in (nsf, base) for b in BUDGETS):
+    / NSF's.  Over the budgets both arms ran (1 and at least one less); bootstrap CIs resample seeds jointly
+    over both arms and all budgets.  None without budget runs or with fewer than two common seeds."""
+    budgets = tuple(sorted(b for b in set(nsf.runs) & set(base.runs) if nsf.runs[b] and base.runs[b]))
+    if len(budgets) < 2 or budgets[-1] != 1.0:
         return None
-    seeds = sorted(set.intersection(*(set(a.runs[b]) for a in (nsf, base) for b in BUDGETS)))
+    seeds = sorted(set.intersection(*(set(a.runs[b]) for a in (nsf, base) for b in budgets)))
     if len(seeds) < 2:
         return None
-    A, B = _budget_matrix(nsf, seeds), _budget_matrix(base, seeds)
+    A, B = (np.array([[1.0 - a.runs[b][s]["final"]["error"] for b in budgets] for s in seeds]) for a in (nsf, base))
 
     def ratio(a, b):
         tgt = b[:, -1].mean()
-        return first_budget(a.mean(0), tgt) / first_budget(b.mean(0), tgt)
+        return first_budget(a.mean(0), tgt, budgets) / first_budget(b.mean(0), tgt, budgets)
 
     fwd = S.bootstrap_paired(ratio, A, B, level=level, n_boot=n_boot)
     rev = S.bootstrap_paired(lambda a, b: ratio(b, a), A, B, level=level, n_boot=n_boot)
-    return {"seeds": seeds, "level": level, "target": float(B[:, -1].mean()),
-            "acc": {"nsf": A, "base": B}, "ratio": fwd[:3], "reverse": rev[:3],
-            "verdict": verdict_ttt(fwd[1], fwd[2])}
+    return {"seeds": seeds, "budgets": budgets, "level": level, "target": float(B[:, -1].mean()),
+            "acc": {"nsf": A, "base": B}, "ratio": fwd[:3], "reverse": rev[:3], "verdict": verdict_ttt(fwd[1], fwd[2])}
 
 
 def verdict_ttt(lo: float, hi: float) -> str:
