@@ -263,3 +263,14 @@ def test_evidence_smoke_partial_sweep_is_never_shown_as_finished(evidence_smoke,
     (d / "decisions.json").unlink()
     md = write_report(d).read_text()
     assert f"PARTIAL: {len(lines) - 10} of about {len(lines)} planned runs finished" in md
+
+
+def test_a_diverged_seed_counts_at_its_error_and_leaves_loss_comparisons():
+    def arm(errs, div=()):
+        return V.Arm("x", runs={1.0: {s: {"final": {"error": e, "loss": math.nan if s in div else e,
+                                                    "diverged": s in div}} for s, e in enumerate(errs)}})
+    nsf, base = arm([0.1, 0.12, 0.9, 0.11], div=(2,)), arm([0.2, 0.21, 0.22, 0.2])
+    err = V.compare(nsf, base, "error", 100.0)
+    assert err["n"] == 4 and err["diff"] == pytest.approx(100 * np.mean([-0.1, -0.09, 0.68, -0.09]))
+    loss = V.compare(nsf, base, "loss")
+    assert loss["n"] == 3 and loss["left_out"] == [2]

@@ -67,6 +67,13 @@ def _ms(xs, k=100.0, digits=2) -> str:
     return "n/a" if n == 0 else f"{k * m:.{digits}f} ± {k * sd:.{digits}f}"
 
 
+def _n(res) -> str:
+    """Seeds paired, and those left out (diverged, or run by one arm only)."""
+    if not res:
+        return "0"
+    return f"{res['n']}" + (f" (−{len(res['left_out'])})" if res.get("left_out") else "")
+
+
 def _budget(x: float) -> str:
     return "never" if math.isinf(x) else "n/a" if math.isnan(x) else f"{x:.2f}"
 
@@ -141,17 +148,17 @@ def _paired_tables(an: dict) -> list[str]:
               "its Holm step's level." + (" Equivalence margin ±0.3 points where the test set has ≥ 3000 "
                                           "examples, ±1 point (and a held needs Δ ≤ −1) below that."
                                           if claim == "C1" else " No equivalence margin.") + "\n",
-              "| task | id | kind | NSF arm | baseline | seeds | Δ [CI] | CI level | p | Holm p | verdict |",
+              "| task | id | kind | NSF arm | baseline | seeds (left out) | Δ [CI] | CI level | p | Holm p | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in an[claim]["rows"]:
             res = r["res"]
             L.append(f"| {r['task']} | {r['id']} | {r['kind']} | {r['nsf']} | {r['base'] or '(none)'} | "
-                     + (f"{res['n']} | {_ci(res, digits)} | {100 * res['level']:.2f} % | {res['p']:.3g} | "
+                     + (f"{_n(res)} | {_ci(res, digits)} | {100 * res['level']:.2f} % | {res['p']:.3g} | "
                         f"{r['holm']['p_adj']:.3g} | " if res else "0 | n/a | | | | ") + f"**{r['verdict']}** |")
         L += ["", "Secondary comparisons (95 % CI, no verdict):\n", "| task | kind | NSF arm | baseline | seeds | Δ [95 % CI] |",
               "|---|---|---|---|---|---|"]
         for r in an[claim]["secondary"]:
-            L.append(f"| {r['task']} | {r['kind']} | {r['nsf']} | {r['base']} | {r['res']['n'] if r['res'] else 0} "
+            L.append(f"| {r['task']} | {r['kind']} | {r['nsf']} | {r['base']} | {_n(r['res'])} "
                      f"| {_ci(r['res'], digits)} |")
         L.append("")
     return L
@@ -239,7 +246,7 @@ def _arms(an: dict) -> list[str]:
             L.append(f"| {task} | {label}{mark} | {a.kind} | {lrs} | {len(f)} ({nd}) | {_ms(f.values())} | "
                      f"{_ms(a.finals('loss').values(), 1.0, 4)} | {', '.join(a.flags) or '—'} |")
     flagged = [(t, lab, a.flags) for t, arms in an["arms"].items() for lab, a in arms.items() if a.flags]
-    L.append("\nTuner flags (edge: best LR at the grid edge; cap: at the point cap; one-sample: decided within one "
+    L.append("\nTuner flags (edge: best LR at the grid edge; cap: at the point cap; within-one-sample: decided within one "
              "validation sample): " + ("; ".join(f"{t} {lab}: {', '.join(fl)}" for t, lab, fl in flagged)
                                        if flagged else "none") + ".\n")
     return L
@@ -283,6 +290,7 @@ def plots(dec, an: dict, outdir: Path) -> dict:
                     title=f"{task}: early accuracy")
         axes[1].set(xlabel="training loss", ylabel="test accuracy %", xscale="log",
                     title="accuracy at matched training loss")
+        axes[1].invert_xaxis()  # training goes left to right
         axes[0].legend(fontsize=6)
         files[task, "early"] = Path(save_figure(fig, outdir / f"{task}_evidence_early.png", dpi=90)).name
     return files

@@ -36,9 +36,9 @@ class Arm:
     runs: dict = field(default_factory=dict)    # budget -> {seed: record}
 
     def finals(self, key: str, budget: float = 1.0) -> dict:
-        """seed -> final metric (diverged runs: None, i.e. missing, counted by the caller)."""
-        return {s: (None if r["final"].get("diverged") else r["final"].get(key))
-                for s, r in self.runs.get(budget, {}).items()}
+        """seed -> final metric.  A diverged run keeps its recorded error (chance level: what the arm achieved
+        with that seed); its loss is missing (NaN), so that seed drops out of loss comparisons, counted there."""
+        return {s: r["final"].get(key) for s, r in self.runs.get(budget, {}).items()}
 
 
 def arms_of(dec) -> dict:
