@@ -205,9 +205,10 @@ def test_report_of_an_evidence_sweep_lists_verdicts_fsgdm_and_flags(tmp_path):
     d = write_rundir(tmp_path / "r")
     md = write_report(d).read_text()
     assert "PARTIAL" not in md and "Verdicts per claim × arm kind" in md
-    for text in ("FSGDM", "Padam: edge", "Adam: cap @0.5", "C3 time to target", "P1 **held**", "AdamW − Adam", "*not* temperature-scaled"):
+    for text in ("FSGDM", "Padam: edge", "Adam: cap @0.5", "C3 time to target", "P1 **held**", "AdamW − Adam",
+                 "*not* temperature-scaled"):
         assert text in md, text
-    assert (d / "plots" / f"{TASK}_evidence_budget.png").exists() and (d / "plots" / f"{TASK}_evidence_early.png").exists()
+    assert all((d / "plots" / f"{TASK}_evidence_{k}.png").exists() for k in ("budget", "early"))
     assert json.loads((d / "summary.json").read_text())["C1"][0]["verdict"] == "held"
 
 

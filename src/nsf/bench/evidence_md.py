@@ -148,14 +148,16 @@ def _paired_tables(an: dict) -> list[str]:
               "its Holm step's level." + (" Equivalence margin ±0.3 points where the test set has ≥ 3000 "
                                           "examples, ±1 point (and a held needs Δ ≤ −1) below that."
                                           if claim == "C1" else " No equivalence margin.") + "\n",
-              "| task | id | kind | NSF arm | baseline | seeds (left out) | Δ [CI] | CI level | p | Holm p | verdict |",
+              "| task | id | kind | NSF arm | baseline | seeds (left out) | Δ [CI] | CI level | p | Holm p "
+              "| verdict |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in an[claim]["rows"]:
             res = r["res"]
             L.append(f"| {r['task']} | {r['id']} | {r['kind']} | {r['nsf']} | {r['base'] or '(none)'} | "
                      + (f"{_n(res)} | {_ci(res, digits)} | {100 * res['level']:.2f} % | {res['p']:.3g} | "
                         f"{r['holm']['p_adj']:.3g} | " if res else "0 | n/a | | | | ") + f"**{r['verdict']}** |")
-        L += ["", "Secondary comparisons (95 % CI, no verdict):\n", "| task | kind | NSF arm | baseline | seeds | Δ [95 % CI] |",
+        L += ["", "Secondary comparisons (95 % CI, no verdict):\n",
+              "| task | kind | NSF arm | baseline | seeds | Δ [95 % CI] |",
               "|---|---|---|---|---|---|"]
         for r in an[claim]["secondary"]:
             L.append(f"| {r['task']} | {r['kind']} | {r['nsf']} | {r['base']} | {_n(r['res'])} "
@@ -166,10 +168,12 @@ def _paired_tables(an: dict) -> list[str]:
 
 def _power(an: dict) -> list[str]:
     L = ["## Seeds and power\n",
-         "Largest paired SD of test error among the primary comparisons; seeds needed for a 0.3-point paired "
+         "Largest paired SD of test error among the primary comparisons over the pilot (seeds 0–9); seeds needed "
+         "for a 0.3-point paired "
          "difference at 80 % power, α 0.05 (two-sided paired t, t quantiles iterated; the normal formula of "
-         "docs/evidence.md alongside), and for 1 point (the resolution of test sets < 3000); and the effect the seeds at hand resolve at 80 % power.\n",
-         "| task | test set | largest paired SD (pt, from) | seeds now | seeds for 0.3 pt (t) | (normal formula) "
+         "docs/evidence.md alongside), and for 1 point (the resolution of test sets < 3000); and the effect the "
+         "pilot's seeds resolve at 80 % power.\n",
+         "| task | test set | largest paired SD (pt, from) | pilot seeds | seeds for 0.3 pt (t) | (normal formula) "
          "| seeds for 1 pt (t) | resolvable now (pt) |", "|---|---|---|---|---|---|---|---|"]
     for p in an["power"]:
         L.append(f"| {p['task']} | {p['n_test'] or 'unknown'} | {p['sd']:.3f} ({p['from']}) | {p['n']} | "
@@ -235,7 +239,8 @@ def _alignment(an: dict) -> list[str]:
 
 def _arms(an: dict) -> list[str]:
     L = ["## Arms (test runs) and tuner flags\n",
-         "| task | arm | kind | LR (budget 1; ¼, ½ where run) | seeds (div.) | test error % | test loss | tuner flags |",
+         "| task | arm | kind | LR (budget 1; ¼, ½ where run) | seeds (div.) | test error % | test loss "
+         "| tuner flags |",
          "|---|---|---|---|---|---|---|---|"]
     for task, arms in an["arms"].items():
         for label, a in arms.items():
@@ -246,7 +251,8 @@ def _arms(an: dict) -> list[str]:
             L.append(f"| {task} | {label}{mark} | {a.kind} | {lrs} | {len(f)} ({nd}) | {_ms(f.values())} | "
                      f"{_ms(a.finals('loss').values(), 1.0, 4)} | {', '.join(a.flags) or '—'} |")
     flagged = [(t, lab, a.flags) for t, arms in an["arms"].items() for lab, a in arms.items() if a.flags]
-    L.append("\nTuner flags (edge: best LR at the grid edge; cap: at the point cap; within-one-sample: decided within one "
+    L.append("\nTuner flags (edge: best LR at the grid edge; cap: at the point cap; within-one-sample: decided "
+             "within one "
              "validation sample): " + ("; ".join(f"{t} {lab}: {', '.join(fl)}" for t, lab, fl in flagged)
                                        if flagged else "none") + ".\n")
     return L

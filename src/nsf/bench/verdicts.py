@@ -25,6 +25,7 @@ SECONDARY = (("tuned", "NSF default", "FSGDM"), ("tied", "NSF-raw[1/4,1/2] tied"
 CONTROL = ("AdamW", "Adam")  # the negative control of C4
 SMALL_TEST = 3000  # test sets below this resolve effects of >= 1 point only
 EARLY_FRAC = 0.2
+PILOT = range(10)  # the pilot's seeds, whose paired SDs size the rest
 
 
 @dataclass
@@ -72,10 +73,10 @@ def paired_seeds(a: dict, b: dict) -> tuple[list, list, list]:
     return seeds, [a[s] for s in seeds], [b[s] for s in seeds]
 
 
-def compare(nsf: Arm, base: Arm, key: str, scale: float = 1.0, level: float = 0.95) -> dict | None:
-    """Paired difference nsf − base of a final metric (× ``scale``: 100 for error in points): mean, CI at
-    ``level``, p, paired SD, n, and the seeds left out (diverged or missing on a side)."""
-    fa, fb = nsf.finals(key), base.finals(key)
+def compare(nsf: Arm, base: Arm, key: str, scale: float = 1.0, level: float = 0.95, seeds=None) -> dict | None:
+    """Paired difference nsf − base of a final metric (× ``scale``: 100 for error in points) over ``seeds``
+    (default: all): mean, CI at ``level``, p, paired SD, n, and the seeds left out (missing on a side)."""
+    fa, fb = ({s: v for s, v in a.finals(key).items() if seeds is None or s in seeds} for a in (nsf, base))
     seeds, x, y = paired_seeds(fa, fb)
     res = S.paired([scale * v for v in x], [scale * v for v in y], level=level)
     if res is None:
@@ -142,15 +143,15 @@ def verdict_paired(res: dict | None, holm: dict, margin: float | None, small: bo
 # Power
 
 def power_table(arms_by_task: dict, best: dict, n_test: dict, delta: float = 0.3) -> list[dict]:
-    """Per task: the largest paired SD of test error (points) among the primary comparisons, the seeds a
-    ``delta``-point difference needs (80 % power, α 0.05, two-sided paired t), and the effect the seeds at hand
-    resolve."""
+    """Per task: the largest paired SD of test error (points) among the primary comparisons over the pilot's
+    seeds, the seeds a ``delta``-point difference needs (80 % power, α 0.05, two-sided paired t), and the effect
+    the pilot's seeds resolve."""
     out = []
     for task in arms_by_task:
         sds = []
         for t, pid, _, n, b in primary_pairs({task: arms_by_task[task]}, best):
             arms = arms_by_task[task]
-            r = compare(arms[n], arms[b], "error", 100.0) if n in arms and b in arms else None
+            r = compare(arms[n], arms[b], "error", 100.0, seeds=PILOT) if n in arms and b in arms else None
             if r is not None:
                 sds.append((r["sd"], pid, r["n"]))
         if not sds:

@@ -157,8 +157,8 @@ def _power_factor(n: int, power: float, alpha: float) -> float:
 
 
 def seeds_for_paired(sd: float, delta: float, power: float = 0.8, alpha: float = 0.05, n_max: int = 10_000):
-    """Seeds (pairs) a two-sided paired t-test needs to detect a mean difference ``delta`` with paired SD ``sd``:
-    the smallest n with (t_{1−α/2,n−1} + t_{power,n−1})·sd/√n ≤ |delta| (the normal formula with t quantiles,
+    """Seeds (pairs) a two-sided paired t-test needs to detect a mean difference ``delta`` (paired SD ``sd``):
+    the smallest n with (t_{1−α/2,n−1} + t_{power,n−1})·sd/√n ≤ |delta| (the normal formula, t quantiles
     iterated because they depend on n).  None where even ``n_max`` does not suffice; 2 at least."""
     if sd <= 0:
         return 2
