@@ -19,7 +19,7 @@ import math
 import sys
 
 from nsf.experiment.tuner import INF, Grid, LRTuner, ref_lr, score
-from nsf.registry import parse_spec
+from nsf.registry import parse_spec, spec_to_str
 
 from nsf.experiment.store import RunStore, make_config, run_id
 from .suites import Suite, arm_grid, get_suite
@@ -56,6 +56,7 @@ class Planner:
         (rule "full" reads the validation set's size for its one-sample flag).  ``announce``: print (stderr)
         the estimated total number of runs once the search is decided."""
         self.announce = announce
+        self._memo: dict = {}
         self.suite = get_suite(suite) if isinstance(suite, str) else suite
         self.store = store
         self.data_root = data_root
@@ -86,21 +87,35 @@ class Planner:
             self._resolution[task] = 1.0 / len(val.y_test)
         return self._resolution[task]
 
+    # -- memoised pure functions (checking a spec builds an optimizer: too slow to repeat in every plan) -------
+    def _cached(self, f, *args):
+        k = (f.__name__,) + tuple(json.dumps(a, sort_keys=True) for a in args)
+        if k not in self._memo:
+            self._memo[k] = f(*args)
+        return self._memo[k]
+
+    def parse(self, spec) -> dict:
+        return copy.deepcopy(self._cached(parse_spec, spec))
+
+    def config(self, task: str, spec, lr: float, seed: int, budget: float, split: str) -> dict:
+        """:func:`make_config` (the planner never mutates a config; :meth:`plan` hands out copies)."""
+        return self._cached(make_config, task, spec, lr, seed, budget, split)
+
     def tuner(self, task: str, spec) -> LRTuner:
         s = self.suite
-        ref = ref_lr(spec)
+        ref = self._cached(ref_lr, spec)
         return LRTuner(ref, arm_grid(ref, s.grid_span), rule=s.rule, seeds=s.tune_seeds, max_points=s.max_points,
                        resolution=self.resolution(task))
 
     def tune(self, task: str, spec, budget: float = 1.0):
         """(configs still needed, Decision or None while unfinished, {lr: tuning records} of the decision)."""
-        spec = parse_spec(spec)
+        spec = self.parse(spec)
         tuner, crit = self.tuner(task, spec), self.criterion(task)
         scores, recs = {}, {}
         while True:
             todo = []
             for lr in tuner.pending(scores):
-                cfgs = [make_config(task, spec, lr, s, budget, "val") for s in tuner.seeds]
+                cfgs = [self.config(task, spec, lr, s, budget, "val") for s in tuner.seeds]
                 got = [self.rec(c) for c in cfgs]
                 todo += [c for c, r in zip(cfgs, got) if r is None]
                 if all(r is not None for r in got):
@@ -166,7 +181,8 @@ class Planner:
         p = default.get("p")
         if self.suite.ablations and isinstance(p, dict) and p.get("type") == "cyclic":
             scale = default.get("scale", "raw")
-            for v in sorted({p["low"], 0.5 * (p["low"] + p["high"]), p["high"]}):
+            fixed = self.suite.fixed_p or {p["low"], 0.5 * (p["low"] + p["high"]), p["high"]}
+            for v in sorted(fixed):
                 v = round(v, 6)
                 opts.append((f"NSF fixed p={v:g} ({scale})", {**{k: x for k, x in default.items() if k != "p"},
                                                                  "p": v}))
@@ -187,7 +203,8 @@ class Planner:
         out = []
         todo, opts = self.optimizers()
         evidence = self.suite.protocol == "evidence"
-        out += [(c, {"stage": "search", **({"label": "search", "arm": "search"} if evidence else {})}) for c in todo]
+        tag = (lambda c: {"label": spec_to_str(c["optimizer"]), "arm": "search"}) if evidence else (lambda c: {})
+        out += [(c, {"stage": "search", **tag(c)}) for c in todo]
         if evidence and opts is not None:
             self._announce()
             for task in self.suite.tasks:
@@ -200,7 +217,7 @@ class Planner:
                     continue
                 for b in self.budgets(label):
                     for seed in self.suite.seeds:
-                        c = make_config(task, spec, d.lr, seed, b, "test")
+                        c = self.config(task, spec, d.lr, seed, b, "test")
                         if self.rec(c) is None:
                             out.append((c, {"stage": "seeds" if b == 1.0 else "budget", "label": label}))
         order = {t: i for i, t in enumerate(self.suite.search.tasks if self.suite.search else [])}
@@ -215,11 +232,11 @@ class Planner:
         w = dict(opts)["NSF default"]
         out = [{"label": label, "kind": "tuned", "spec": spec} for label, spec in opts]
         raw = {"name": "nsf", "p": {**w["p"], "low": 0.25, "high": 0.5}, "scale": "raw"}
-        out += [{"label": label, "kind": "tied", "spec": parse_spec(spec), "base": base, "decades": k}
+        out += [{"label": label, "kind": "tied", "spec": self.parse(spec), "base": base, "decades": k}
                 for label, spec, base, k in [("NSF-adam tied", {**w, "scale": "adam"}, "Adam", 0),
                                              ("NSF-sgd tied", {**w, "scale": "sgd"}, "SGD-M", 1),
                                              ("NSF-raw[1/4,1/2] tied", raw, "Adam", 0)]]
-        out += [{"label": label, "kind": "one-shot", "spec": parse_spec(spec), "lr": lr}
+        out += [{"label": label, "kind": "one-shot", "spec": self.parse(spec), "lr": lr}
                 for label, spec, lr in [("Adam 1e-3", "adam", 1e-3), ("NSF-adam 1e-3", {**w, "scale": "adam"}, 1e-3),
                                         ("SGD-M 0.1", "sgd", 0.1), ("NSF-sgd 1.0", {**w, "scale": "sgd"}, 1.0)]]
         return out
@@ -270,7 +287,7 @@ class Planner:
             lrs = [(1.0, d["lr"])] + [(float(b), x["lr"]) for b, x in d.get("budgets", {}).items()]
             for b, lr in lrs:
                 for seed in self.suite.seeds:
-                    c = make_config(task, spec, lr, seed, b, "test")
+                    c = self.config(task, spec, lr, seed, b, "test")
                     if self.rec(c) is None:
                         todo.append((c, {"stage": "seeds" if b == 1.0 else "budget", **m}))
         return todo, dec, best
@@ -288,7 +305,7 @@ class Planner:
             rid = run_id(c)
             if rid not in seen and self._get(rid) is None:
                 seen.add(rid)
-                out.append((c, {**m, "suite": self.suite.name}))
+                out.append((copy.deepcopy(c), {**m, "suite": self.suite.name}))
         return out
 
     # -- decisions -----------------------------------------------------------------------------------------

@@ -86,6 +86,7 @@ class Suite:
     extra: list = field(default_factory=list)  # (label, spec) from the command line
     grid_span: float | None = None       # per-arm grid: this many decades each side of the arm's reference LR
     protocol: str = "standard"           # "standard" or "evidence" (tied and one-shot arms, re-tuned budgets)
+    fixed_p: list | None = None          # the ablations' fixed p values (None: low, centre, high of the cycle)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -144,7 +145,8 @@ SUITES = {
     "search": Suite("search", [], [], default=None, search=SEARCH),
     "evidence": Suite("evidence", ["mnist1d-mlp", "fashion-mlp"], BASELINES + [("FSGDM", "fsgdm")], default=None,
                       seeds=list(range(10)), budgets=[0.25, 0.5], tune_seeds=[100, 101], rule="full",
-                      criterion="loss", search=EVIDENCE_SEARCH, grid_span=2.0, protocol="evidence"),
+                      criterion="loss", search=EVIDENCE_SEARCH, grid_span=2.0, protocol="evidence",
+                      fixed_p=[-0.25, 0.0, 0.25]),
     "evidence-smoke": Suite("evidence-smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam"),
                                                                      ("FSGDM", "fsgdm")], default=None,
                             seeds=[0, 1], budgets=[0.5], tune_seeds=[100], rule="full", max_points=5,
