@@ -198,3 +198,18 @@ def test_evidence_smoke_end_to_end_through_the_command(tmp_path):
     d = json.loads((tmp_path / "decisions.json").read_text())
     assert d["complete"] and d["best_baseline"]["digits-mlp-tiny"] in ("SGD-M", "Adam", "FSGDM")
     assert (tmp_path / "report.md").is_file()
+
+
+@pytest.mark.parametrize("error_per_loss, flagged", [(0.2, True), (10.0, False)])
+def test_loss_criterion_flags_choices_the_validation_error_cannot_resolve(error_per_loss, flagged):
+    def final(c):  # the runner-up LR (a quarter decade off) is 0.00625 worse in loss
+        f = synthetic_final(c)
+        f["loss"] = _bowl(c, ref_lr(c["optimizer"]))
+        f["error"] = error_per_loss * f["loss"]
+        return f
+    pl, _, _ = finish(get_suite("evidence-smoke"), final)
+    t = pl.decisions()["tuning"]["digits-mlp-tiny"]
+    assert pl.one_sample("digits-mlp-tiny") > 0.2 * 0.00625 and pl.one_sample("digits-mlp-tiny") < 10 * 0.00625
+    tuned = [k for k, v in t.items() if v["kind"] == "tuned"]
+    assert all(("within-one-sample" in t[k]["flags"]) == flagged for k in tuned)
+    assert all("within-one-sample" not in v["flags"] for v in t.values() if v["kind"] != "tuned")

@@ -80,6 +80,10 @@ class Planner:
         """One validation sample of the error (rule "full" with criterion error only; None otherwise)."""
         if self.suite.rule != "full" or self.criterion(task) != "error":
             return None
+        return self.one_sample(task)
+
+    def one_sample(self, task: str) -> float:
+        """1 / the size of the task's validation split."""
         if task not in self._resolution:
             from nsf.experiment.data import prepared
             t = get_task(task)
@@ -292,6 +296,13 @@ class Planner:
                         todo.append((c, {"stage": "seeds" if b == 1.0 else "budget", **m}))
         return todo, dec, best
 
+    def _flag_one_sample(self, task: str, d: dict) -> None:
+        """Criterion "loss": flag "within-one-sample" when the runner-up LR (by validation loss) has a mean
+        validation error within one validation sample of the chosen LR's (the error cannot tell them apart)."""
+        tried = sorted(d["tried"], key=lambda t: (t[1]["loss"], t[1]["error"]))
+        if len(tried) > 1 and abs(tried[1][1]["error"] - tried[0][1]["error"]) <= self.one_sample(task) + 1e-12:
+            d["flags"] = d["flags"] + ["within-one-sample"]
+
     def _announce(self) -> None:
         if self.announce and not getattr(self, "_announced", False):
             self._announced = True
@@ -325,6 +336,10 @@ class Planner:
             out["best_baseline"] = {}
             for task in self.suite.tasks:
                 _, out["tuning"][task], out["best_baseline"][task] = self.evidence_task(task, arms)
+                if self.criterion(task) == "loss":
+                    for d in out["tuning"][task].values():
+                        for x in [d, *d.get("budgets", {}).values()]:
+                            self._flag_one_sample(task, x)
             return out
         out["arms"] = [[label, spec] for label, spec in opts]
         for task in self.suite.tasks:
