@@ -375,14 +375,19 @@ def load(run_dir) -> Decided:
 def write_report(run_dir, results_md=None, plots_dir=None, plot_prefix: str = "", notes=None) -> Path:
     """Write DIR/report.md, DIR/plots/*.png, DIR/summary.json; optionally also ``results_md`` with its plots
     copied to ``plots_dir`` (default: ``results_plots/`` beside it) under ``plot_prefix + name``."""
+    from . import evidence_md as E
     dec = load(run_dir)
     run_dir = Path(run_dir)
-    an = analyse(dec)
-    files = _plots(dec, an, run_dir / "plots")
-    md = render(dec, an, files, img_prefix="plots/")
+    if E.is_evidence(dec):  # the declared evidence protocol has its own analysis and layout
+        an = E.analyse(dec)
+        files, draw, summary = E.plots(dec, an, run_dir / "plots"), E.render, E.summary(an)
+    else:
+        an = analyse(dec)
+        files, draw, summary = _plots(dec, an, run_dir / "plots"), render, _summary(an)
+    md = draw(dec, an, files, img_prefix="plots/")
     path = run_dir / "report.md"
     path.write_text(md)
-    (run_dir / "summary.json").write_text(json.dumps(_summary(an), indent=1))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     if results_md:
         results_md = Path(results_md)
         results_md.parent.mkdir(parents=True, exist_ok=True)
@@ -392,7 +397,7 @@ def write_report(run_dir, results_md=None, plots_dir=None, plot_prefix: str = ""
             shutil.copy(run_dir / "plots" / f, img_dir / (plot_prefix + f))
         rel = os.path.relpath(img_dir, results_md.parent)
         text = Path(notes).read_text() if notes else ""
-        results_md.write_text(render(dec, an, files, img_prefix=rel + "/" + plot_prefix, notes=text))
+        results_md.write_text(draw(dec, an, files, img_prefix=rel + "/" + plot_prefix, notes=text))
     return path
 
 

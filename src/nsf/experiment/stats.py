@@ -133,3 +133,64 @@ def bootstrap_ci(xs, stat=np.mean, level: float = 0.95, n_boot: int = 2000, seed
     rng = np.random.default_rng(seed)
     boots = np.array([stat(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)])
     return float(np.quantile(boots, (1 - level) / 2)), float(np.quantile(boots, (1 + level) / 2))
+
+
+def holm(pvalues, alpha: float = 0.05) -> list[dict]:
+    """Holm's step-down correction of a family of two-sided tests.
+
+    Per test (input order): ``p_adj`` (monotone adjusted p-value), ``rank`` (1 = smallest p) and ``level``:
+    the confidence level 1 − α/(m − rank + 1) at which that test's interval excludes 0 exactly when its own
+    step rejects.  ``reject`` also applies the step-down stop (a later step never rejects after one fails).
+    None (a comparison that could not be made) counts in m as p = 1, so missing data never shrinks the family."""
+    ps = [1.0 if p is None or not math.isfinite(p) else float(p) for p in pvalues]
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    out, run = [None] * m, 0.0
+    for rank, i in enumerate(order, 1):
+        run = max(run, min(1.0, (m - rank + 1) * ps[i]))
+        out[i] = {"p_adj": run, "rank": rank, "level": 1.0 - alpha / (m - rank + 1), "reject": run < alpha}
+    return out
+
+
+def _power_factor(n: int, power: float, alpha: float) -> float:
+    return t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)
+
+
+def seeds_for_paired(sd: float, delta: float, power: float = 0.8, alpha: float = 0.05, n_max: int = 10_000):
+    """Seeds (pairs) a two-sided paired t-test needs to detect a mean difference ``delta`` (paired SD ``sd``):
+    the smallest n with (t_{1−α/2,n−1} + t_{power,n−1})·sd/√n ≤ |delta| (the normal formula, t quantiles
+    iterated because they depend on n).  None where even ``n_max`` does not suffice; 2 at least."""
+    if sd <= 0:
+        return 2
+    z = _power_factor(10**6, power, alpha)  # the normal-approximation start, a lower bound
+    n = max(2, math.ceil((z * sd / abs(delta)) ** 2))
+    while n <= n_max:
+        if _power_factor(n, power, alpha) * sd / math.sqrt(n) <= abs(delta):
+            return n
+        n += 1
+    return None
+
+
+def resolvable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The paired mean difference that ``n`` seeds detect with the given power (inverse of seeds_for_paired)."""
+    return float("nan") if n < 2 else _power_factor(n, power, alpha) * sd / math.sqrt(n)
+
+
+def bootstrap_paired(stat, *columns, level: float = 0.95, n_boot: int = 2000, seed: int = 0):
+    """Percentile bootstrap of ``stat(*columns)`` resampling rows jointly (the rows are seeds, so every arm and
+    budget keeps its pairing).  ``stat`` may return ±inf ("never reached"); NaN draws are dropped.
+    Returns (estimate, lo, hi, n_dropped)."""
+    cols = [np.asarray(c, dtype=float) for c in columns]
+    n = len(cols[0])
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        boots.append(stat(*(c[idx] for c in cols)))
+    b = np.asarray(boots, dtype=float)
+    keep = b[~np.isnan(b)]
+    est = float(stat(*cols))
+    if len(keep) == 0:
+        return est, float("nan"), float("nan"), n_boot
+    q = np.quantile(keep, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return est, float(q[0]), float(q[1]), n_boot - len(keep)
