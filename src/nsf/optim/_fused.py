@@ -96,8 +96,8 @@ def _x_pow(x: Tensor, hyper: Tensor, kind: str, cdtype) -> Tensor:
     return _power(x, float(kind[1:]))
 
 
-def _update(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtype):
-    """The moment updates, in place; returns (m, x) in the compute dtype, x = v or its running max.
+def _moments(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtype):
+    """The new moments as stored (state dtype), not written: (m, v, running max of v or None).
 
     hyper = (1 − β1, β2, 1 − β2, λ, 1 − ηλ, |p|, sign p).
     """
@@ -109,13 +109,20 @@ def _update(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtyp
     m_new = m.to(cdtype).lerp(g, hyper[0].to(cdtype))
     v_new = v.to(cdtype) * hyper[1] + (hyper[2] * g) * g  # addcmul's order: (1 − β2)·g first, no early overflow
     m_new, v_new = m_new.to(m.dtype), v_new.to(v.dtype)  # the values as stored (state_dtype rounding)
+    vmax_new = torch.maximum(vmax, v_new).to(vmax.dtype) if amsgrad else None
+    return m_new, v_new, vmax_new
+
+
+def _update(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtype):
+    """The moment updates, in place; returns (m, x) in the compute dtype, x = v or its running max. The new
+    values are used, not re-read from the mutated inputs: inductor then fuses it all in one loop."""
+    m_new, v_new, vmax_new = _moments(param, grad, m, v, vmax, hyper, amsgrad=amsgrad, maximize=maximize,
+                                      wd_mode=wd_mode, cdtype=cdtype)
     m.copy_(m_new)
     v.copy_(v_new)
-    if amsgrad:  # the new values, not re-read from the mutated inputs: inductor then fuses it all in one loop
-        vmax_new = torch.maximum(vmax, v_new).to(vmax.dtype)
+    if amsgrad:
         vmax.copy_(vmax_new)
-        return m_new.to(cdtype), vmax_new.to(cdtype)
-    return m_new.to(cdtype), v_new.to(cdtype)
+    return m_new.to(cdtype), (vmax_new if amsgrad else v_new).to(cdtype)
 
 
 def _kernel_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, hyper, *, kind, amsgrad,
@@ -165,21 +172,24 @@ def _sq_sum(t: Tensor) -> Tensor:
 
 def _graft_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, hyper, *, kind, amsgrad,
                 maximize, wd_mode, cdtype, scale):
-    """Grafted scales, stage 1: the moment updates and, per tensor, (‖d‖², ‖r‖², k) over the finite entries
-    in float64, with d = m·q and r the reference step up to 1/bc1; k the largest q when p < 0 (else 1).
-    scalars[i] = (ε_i, 1/√bc2_i, ε)."""
+    """Grafted scales, stage 1, reading only: per tensor, (‖d‖², ‖r‖², k) of the *new* moments over the finite
+    entries in float64, with d = m·q and r the reference step up to 1/bc1; k the largest q when p < 0 (else 1).
+    scalars[i] = (ε_i, 1/√bc2_i, ε). Nothing is written: inductor's CPU code never stores into an input inside
+    a reduction loop (it writes a temporary and copies it, or recomputes the store in a third loop), so the
+    moments are written by stage 2, which recomputes them."""
     out = []
     for i in range(len(params)):
-        m_c, x = _update(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
-                         max_exp_avg_sqs[i] if amsgrad else None, hyper, amsgrad=amsgrad, maximize=maximize,
-                         wd_mode=wd_mode, cdtype=cdtype)
-        x, q = _graft_q(x, scalars[i, 0].to(cdtype), hyper, kind, cdtype)
+        m_new, v_new, vmax_new = _moments(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                          max_exp_avg_sqs[i] if amsgrad else None, hyper, amsgrad=amsgrad,
+                                          maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
+        m_c = m_new.to(cdtype)
+        x, q = _graft_q((vmax_new if amsgrad else v_new).to(cdtype), scalars[i, 0].to(cdtype), hyper, kind, cdtype)
         good = torch.isfinite(m_c) & torch.isfinite(q)  # q is NaN exactly where v is
         m_good, q_good = torch.where(good, m_c, 0), torch.where(good, q, 0)
         if scale == "sgd":
             r = m_good
-        else:  # m̂/(√v̂ + ε) · bc1 = m/(√v/√bc2 + ε)
-            r = m_good / (torch.where(good, x, 0).sqrt() * scalars[i, 1].to(cdtype) + scalars[i, 2].to(cdtype))
+        else:  # m̂/(√v̂ + ε) · bc1 = m/(√v/√bc2 + ε); √x unmasked, so it is the square-root chain's first root
+            r = torch.where(good, m_c / (x.sqrt() * scalars[i, 1].to(cdtype) + scalars[i, 2].to(cdtype)), 0)
         if kind == "zero" or kind[0] == "+" or q.numel() == 0:
             k = torch.ones((), dtype=torch.float64, device=q.device)
         else:
@@ -191,17 +201,20 @@ def _graft_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, 
     return torch.stack(out)
 
 
-def _apply_body(params, exp_avgs, xs, scalars, factors, hyper, *, kind, wd_mode, cdtype):
-    """Grafted scales, stage 2: θ ← θ·(1 − ηλ if decoupled) + α_i·m·(q/k_i), with factors[i] = (α_i, 1/k_i)
-    formed on the device from stage 1's norms. A non-finite m (a NaN/inf gradient) spoils only its own
-    coordinate."""
+def _apply_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, factors, hyper, *, kind, amsgrad,
+                maximize, wd_mode, cdtype):
+    """Grafted scales, stage 2, one pass as the raw kernel: the moment updates (as in stage 1) and
+    θ ← θ·(1 − ηλ if decoupled) + α_i·m·(q/k_i), with factors[i] = (α_i, 1/k_i) formed on the device from
+    stage 1's norms. A non-finite m (a NaN/inf gradient) spoils only its own coordinate."""
     for i in range(len(params)):
         param = params[i]
-        _, q = _graft_q(xs[i].to(cdtype), scalars[i, 0].to(cdtype), hyper, kind, cdtype)
+        m_c, x = _update(param, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None,
+                         hyper, amsgrad=amsgrad, maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
+        _, q = _graft_q(x, scalars[i, 0].to(cdtype), hyper, kind, cdtype)
         new = param.to(cdtype)
         if wd_mode == "decoupled":
             new = new * hyper[4]
-        d = exp_avgs[i].to(cdtype) * (q * factors[i, 1].to(cdtype))
+        d = m_c * (q * factors[i, 1].to(cdtype))
         param.copy_((new + factors[i, 0].to(cdtype) * d).to(param.dtype))
 
 
@@ -294,7 +307,7 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
     key = (kind, amsgrad, maximize, wd_mode, cdtype, scale, device, params[0].dtype, grads[0].dtype,
            exp_avgs[0].dtype, tuple(q.shape for q in params))
     failed = _failed.get(id(params[0]), ())
-    if key in failed:
+    if key in failed or ("apply", *key) in failed:
         return False
     scalar_dtype = torch.float64 if cdtype == torch.float64 else torch.float32
     scalars, hyper, bc1, lr_t = _scalars(steps, p_value, lr, beta1, beta2, eps, weight_decay, device,
@@ -312,16 +325,14 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
                  exp_avg_sqs, vmaxes, scalars, hyper)
     if sums is _FAILED:
         return False
-    torch._foreach_add_(steps, 1.0)
     k = sums[:, 2]
     ratio = _graft_ratio(sums[:, 0].sqrt() / k, sums[:, 1].sqrt(), bc1)  # ‖m·q/k‖ against ‖r‖/bc1
     inv_k = torch.where(k > 0, 1 / torch.where(k > 0, k, 1.0), 0.0)  # k = 0: a zero direction, no step
     factors = torch.stack([-lr_t * ratio, inv_k], 1).to(scalar_dtype)
-    apply_key = ("apply", kind, wd_mode, cdtype, device, params[0].dtype, tuple(q.shape for q in params))
-    xs = vmaxes if amsgrad else exp_avg_sqs
-    if _call(params[0], _get_kernel(apply_key, _apply_body, dict(kind=kind, wd_mode=wd_mode, cdtype=cdtype)),
-             params, exp_avgs, xs, scalars, factors, hyper) is _FAILED:
-        raise RuntimeError("NSF: the fused step's second stage failed to compile after its first stage ran")
+    if _call(params[0], _get_kernel(("apply", *key), _apply_body, static), params, grads, exp_avgs, exp_avg_sqs,
+             vmaxes, scalars, factors, hyper) is _FAILED:
+        return False  # stage 1 wrote nothing: the foreach path takes this step
+    torch._foreach_add_(steps, 1.0)
     return True
 
 
