@@ -1,17 +1,18 @@
 """The fused NSF step: the foreach path's folded arithmetic, compiled by ``torch.compile``.
 
 Each (parameter list, exponent kind, option set) gets its own compiled graph. Every value that moves during
-training — ``p`` (for the general kernel), ``lr``, the betas, the weight decay and the per-tensor bias
+training — ``p`` (for the general kernels), ``lr``, the betas, the weight decay and the per-tensor bias
 corrections — is a tensor input computed on the device, so a moving ``p`` or an lr schedule never
 recompiles and no step reads a device value on the host. Only the exponent's *kind* is static:
 ``|p| ∈ {¼, ½, ¾, 1}`` get square-root chains (exact, no log/exp per element), ``p = 0`` no power at all, and
-every other ``p`` one general kernel with ``p`` as a runtime input: per parameter list and option set, at
-most ten kernels for the raw scale and twenty (ten kinds × two stages) for a grafted one, whatever the p
-schedule does.
+every other ``p`` one general kernel per sign with ``|p|`` as a runtime input: per parameter list and option
+set, at most eleven kernels for the raw scale and twenty-two (eleven kinds × two stages) for a grafted one,
+whatever the p schedule does.
 
-The raw scale is one pass over θ, g, m, v. The grafted scales take two: the moment update with the per-tensor
-norms reduced inside the kernel (over the finite entries, in float64), then the rescaled step, whose factors
-are formed on the device from those norms.
+The raw scale is one pass over θ, g, m, v. The grafted scales take two: the per-tensor norms of the new moments'
+direction, reduced inside the kernel (over the finite entries, in float64) without writing anything, then one
+pass as the raw scale's that writes m, v and the rescaled step, whose factors are formed on the device from
+those norms.
 
 If compiling fails (no C++ compiler, an unsupported platform), that optimizer and configuration warn once
 and take the foreach path; other optimizers and configurations still compile.
@@ -19,7 +20,6 @@ and take the foreach path; other optimizers and configurations still compile.
 
 from __future__ import annotations
 
-import math
 import threading
 import types
 import warnings
@@ -50,17 +50,17 @@ _failed: dict[int, set] = {}
 
 
 def exponent_kind(p: float) -> str:
-    """``"zero"``, ``"+0.5"``-style fast kinds, or ``"pow"`` for a general exponent."""
+    """``"zero"``, ``"+0.5"``-style fast kinds, or ``"+pow"``/``"-pow"`` for a general exponent (the sign is
+    static: a runtime sign would make every element pay for both the division and the product)."""
     if p == 0:
         return "zero"
-    if abs(p) in FAST_EXPONENTS:
-        return f"{'+' if p > 0 else '-'}{abs(p)}"
-    return "pow"
+    sign = "+" if p > 0 else "-"
+    return f"{sign}{abs(p)}" if abs(p) in FAST_EXPONENTS else f"{sign}pow"
 
 
 def is_fast(p: float) -> bool:
     """True when ``p`` needs no log/exp per element (p = 0 or |p| ∈ {¼, ½, ¾, 1})."""
-    return exponent_kind(p) != "pow"
+    return not exponent_kind(p).endswith("pow")
 
 
 def available() -> bool:
@@ -91,7 +91,7 @@ def _power(x: Tensor, a: float) -> Tensor:
 
 def _x_pow(x: Tensor, hyper: Tensor, kind: str, cdtype) -> Tensor:
     """x^|p|: a square-root chain for the fast kinds, exp(|p|·log x) for the general one (0 at x = 0)."""
-    if kind == "pow":
+    if kind.endswith("pow"):
         return torch.exp(torch.log(x) * hyper[5].to(cdtype))
     return _power(x, float(kind[1:]))
 
@@ -99,7 +99,7 @@ def _x_pow(x: Tensor, hyper: Tensor, kind: str, cdtype) -> Tensor:
 def _moments(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtype):
     """The new moments as stored (state dtype), not written: (m, v, running max of v or None).
 
-    hyper = (1 − β1, β2, 1 − β2, λ, 1 − ηλ, |p|, sign p).
+    hyper = (1 − β1, β2, 1 − β2, λ, 1 − ηλ, |p|).
     """
     g = grad.to(cdtype)
     if maximize:
@@ -136,9 +136,6 @@ def _kernel_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars,
         eps_i = scalars[i, 1].to(cdtype)
         if kind == "zero":
             d = m_c
-        elif kind == "pow":  # any sign: v^|p| once, then divide (p > 0) or multiply (p < 0)
-            x_pow = _x_pow(x, hyper, kind, cdtype)
-            d = torch.where(hyper[6] > 0, m_c / (x_pow + eps_i), m_c * x_pow)
         elif kind[0] == "+":
             d = m_c / (_x_pow(x, hyper, kind, cdtype) + eps_i)
         else:
@@ -158,8 +155,6 @@ def _graft_q(x: Tensor, eps_i: Tensor, hyper: Tensor, kind: str, cdtype) -> tupl
     if kind == "zero":
         return x, torch.ones_like(x)
     x_pow = _x_pow(x, hyper, kind, cdtype).clamp(max=fmax)
-    if kind == "pow":
-        return x, torch.where(hyper[6] > 0, 1 / (x_pow + eps_i), x_pow)
     return x, (1 / (x_pow + eps_i) if kind[0] == "+" else x_pow)
 
 
@@ -194,8 +189,6 @@ def _graft_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, 
             k = torch.ones((), dtype=torch.float64, device=q.device)
         else:
             k = q_good.amax().to(torch.float64)  # as the reference's k
-            if kind == "pow":
-                k = torch.where(hyper[6] > 0, 1.0, k)
         d = m_good.to(torch.float64) * q_good.to(torch.float64)  # float64: m·x^|p| may overflow float32
         out.append(torch.stack([(d * d).sum(), _sq_sum(r), k]))
     return torch.stack(out)
@@ -289,7 +282,7 @@ def _scalars(steps, p_value, lr, beta1, beta2, eps, weight_decay, device, scalar
     else:
         alpha = -lr_t / (bc1 * bc2**a) if p_value < 0 else -lr_t / bc1
         scalars = torch.stack([alpha, torch.zeros_like(t)], 1)
-    hyper = _on_device([1 - beta1, beta2, 1 - beta2, weight_decay, 1.0, a, math.copysign(1.0, p_value)], device)
+    hyper = _on_device([1 - beta1, beta2, 1 - beta2, weight_decay, 1.0, a], device)
     if weight_decay != 0:
         hyper = torch.cat([hyper[:4], (1 - lr_t * weight_decay) * hyper[4:5], hyper[5:]])
     return scalars.to(scalar_dtype), hyper.to(scalar_dtype), bc1, lr_t
