@@ -23,10 +23,11 @@ import time
 import torch
 
 import nsf
+from nsf.optim.defaults import DEFAULT_SCALE
 
 CYCLIC = nsf.schedules.Cyclic(-0.25, 0.25, period=10, shape="cosine")  # short period: p changes every step
 STEPPED = nsf.schedules.Cyclic(-0.25, 0.25, period=10, shape="cosine", quantize=0.25)  # on the fast paths
-P_VALUES = [("½", 0.5), ("¼", 0.25), ("−¼", -0.25), ("−0.37", -0.37), ("default (sgd-graft cycle)", "default"),
+P_VALUES = [("½", 0.5), ("¼", 0.25), ("−¼", -0.25), ("−0.37", -0.37), ("default", "default"),
             ("cyclic ±¼", CYCLIC), ("stepped ±¼", STEPPED)]
 BYTES_PER_ELEMENT = 7 * 4
 
@@ -43,7 +44,8 @@ def make_params(n_params: float, seed: int = 0, device: str = "cpu") -> list[tor
 
 
 def _nsf(p, **kw):
-    """Fixed p and the explicit cycles take the raw scale; "default" is NSF() as shipped (sgd-grafted cycle)."""
+    """Fixed p and the explicit cycles take the raw scale; "default" is NSF() as shipped (nsf.optim.defaults:
+    the ±¼ cosine cycle, grafted on Adam's step length)."""
     def make(params, lr):
         if p == "default":
             return nsf.NSF(params, lr=lr, **kw)
@@ -67,7 +69,7 @@ def configurations(paths=("foreach", "fused")) -> dict[str, object]:
         configs[f"NSF p=¼ sgd-graft {path}"] = _nsf(0.25, scale="sgd", **kw)
         configs[f"NSF p=¼ adam-graft {path}"] = _nsf(0.25, scale="adam", **kw)
         configs[f"NSF p=−0.37 adam-graft {path}"] = _nsf(-0.37, scale="adam", **kw)
-        configs[f"NSF default stepped ±¼ {path}"] = _nsf(STEPPED, scale="sgd", **kw)
+        configs[f"NSF default stepped ±¼ {path}"] = _nsf(STEPPED, scale=DEFAULT_SCALE, **kw)  # the defaults, quantised
     return configs
 
 
@@ -158,10 +160,10 @@ def e2e(args) -> dict:
     optims = {
         "Adam (torch default)": lambda ps: torch.optim.Adam(ps, lr=1e-3),
         "Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
-        "NSF default (sgd-graft cycle, auto path)": lambda ps: nsf.NSF(ps, lr=1e-3),
+        "NSF default (auto path)": lambda ps: nsf.NSF(ps, lr=1e-3),
         "NSF p=−0.37 raw": lambda ps: nsf.NSF(ps, lr=1e-3, p=-0.37, scale="raw"),
         "NSF stepped ±¼ raw": lambda ps: nsf.NSF(ps, lr=1e-3, p=STEPPED, scale="raw"),
-        "NSF default, scale=adam": lambda ps: nsf.NSF(ps, lr=1e-3, scale="adam"),
+        "NSF default, stepped ±¼ cycle": lambda ps: nsf.NSF(ps, lr=1e-3, p=STEPPED),
     }
     runs = {}
     for label, make in optims.items():
