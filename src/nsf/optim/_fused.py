@@ -158,6 +158,12 @@ def _graft_q(x: Tensor, eps_i: Tensor, hyper: Tensor, kind: str, cdtype) -> tupl
     return x, (1 / (x_pow + eps_i) if kind[0] == "+" else x_pow)
 
 
+def _finite(m: Tensor, x: Tensor) -> Tensor:
+    """isfinite(m) & isfinite(x) for x ≥ 0 clamped to the largest float (so never inf), as one add and one
+    compare per element instead of two isfinite (measured 10–20 % of the grafted stage 1 on the CPU)."""
+    return (m.abs() * 0.5 + x * 0.5) < float("inf")
+
+
 def _sq_sum(t: Tensor) -> Tensor:
     """Σ t² in float64 (no overflow for float32 inputs); t already masked. Masking in the compute dtype before
     the cast keeps inductor's CPU code vectorised (isfinite on float64 was measured 4× slower)."""
@@ -179,9 +185,7 @@ def _graft_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, 
                                           maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
         m_c = m_new.to(cdtype)
         x, q = _graft_q((vmax_new if amsgrad else v_new).to(cdtype), scalars[i, 0].to(cdtype), hyper, kind, cdtype)
-        # m and x finite (x ≥ 0 is clamped, so only NaN where v is, and q is finite exactly where x is): one
-        # add and one compare per element instead of two isfinite (measured 10–20 % of this stage)
-        good = (m_c.abs() * 0.5 + x * 0.5) < float("inf")
+        good = _finite(m_c, x)  # q is finite exactly where x is
         m_good, q_good = torch.where(good, m_c, 0), torch.where(good, q, 0)
         if scale == "sgd":
             r = m_good
