@@ -185,7 +185,7 @@ def _graft_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, 
                                           maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
         m_c = m_new.to(cdtype)
         x, q = _graft_q((vmax_new if amsgrad else v_new).to(cdtype), scalars[i, 0].to(cdtype), hyper, kind, cdtype)
-        good = _finite(m_c, x)  # q is finite exactly where x is
+        good = _finite(m_c, x)  # the reference's good coordinates: m and v finite
         m_good, q_good = torch.where(good, m_c, 0), torch.where(good, q, 0)
         if scale == "sgd":
             r = m_good
