@@ -201,6 +201,8 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tenso
 
 
 def _finite_norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = torch.float64) -> Tensor:
-    """Per-tensor norms (float64 by default) over the finite entries, stacked on the device."""
-    norms = torch.stack(torch._foreach_norm([torch.nan_to_num(x, 0.0, 0.0, 0.0) for x in xs], ord, dtype=dtype))
+    """Per-tensor norms (float64 by default) over the finite entries, stacked on the device; 0 for an empty
+    tensor (whose max-norm torch refuses)."""
+    finite = [torch.nan_to_num(x, 0.0, 0.0, 0.0) if x.numel() else x.new_zeros(1) for x in xs]
+    norms = torch.stack(torch._foreach_norm(finite, ord, dtype=dtype))
     return norms.full_tensor() if _is_dtensor(norms) else norms  # FSDP2 shards: the whole tensor's norms
