@@ -10,6 +10,7 @@ bytes/s the step achieves, counting the minimum traffic of an Adam-type step (re
     python benchmarks/step_overhead.py --e2e --threads 1                 # Fashion-MNIST CNN training step
     python benchmarks/step_overhead.py --device cuda --params 8e6 32e6   # on a GPU
     python benchmarks/step_overhead.py --params 8e6 --paths fused --only default graft   # a subset
+    python benchmarks/step_overhead.py --stages --params 8e6 --threads 1  # the fused step's stages
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import time
 import torch
 
 import nsf
+from nsf.optim.defaults import DEFAULT_SCALE
 
 CYCLIC = nsf.schedules.Cyclic(-0.25, 0.25, period=10, shape="cosine")  # short period: p changes every step
 STEPPED = nsf.schedules.Cyclic(-0.25, 0.25, period=10, shape="cosine", quantize=0.25)  # on the fast paths
-P_VALUES = [("½", 0.5), ("¼", 0.25), ("−¼", -0.25), ("−0.37", -0.37), ("default (sgd-graft cycle)", "default"),
+P_VALUES = [("½", 0.5), ("¼", 0.25), ("−¼", -0.25), ("−0.37", -0.37), ("default", "default"),
             ("cyclic ±¼", CYCLIC), ("stepped ±¼", STEPPED)]
 BYTES_PER_ELEMENT = 7 * 4
 
@@ -43,7 +45,8 @@ def make_params(n_params: float, seed: int = 0, device: str = "cpu") -> list[tor
 
 
 def _nsf(p, **kw):
-    """Fixed p and the explicit cycles take the raw scale; "default" is NSF() as shipped (sgd-grafted cycle)."""
+    """Fixed p and the explicit cycles take the raw scale; "default" is NSF() as shipped (nsf.optim.defaults:
+    the ±¼ cosine cycle, grafted on Adam's step length)."""
     def make(params, lr):
         if p == "default":
             return nsf.NSF(params, lr=lr, **kw)
@@ -67,7 +70,7 @@ def configurations(paths=("foreach", "fused")) -> dict[str, object]:
         configs[f"NSF p=¼ sgd-graft {path}"] = _nsf(0.25, scale="sgd", **kw)
         configs[f"NSF p=¼ adam-graft {path}"] = _nsf(0.25, scale="adam", **kw)
         configs[f"NSF p=−0.37 adam-graft {path}"] = _nsf(-0.37, scale="adam", **kw)
-        configs[f"NSF default stepped ±¼ {path}"] = _nsf(STEPPED, scale="sgd", **kw)
+        configs[f"NSF default stepped ±¼ {path}"] = _nsf(STEPPED, scale=DEFAULT_SCALE, **kw)  # the defaults, quantised
     return configs
 
 
@@ -142,6 +145,62 @@ def print_size(res: dict) -> None:
               f"{t / median['Adam for-loop']:>8.2f}{rate / 1e9:>7.2f}{rate / bw:>8.2f}")
 
 
+# --- per stage: where the grafted step's time goes -----------------------------------------------------------
+
+STAGE_CONFIGS = [("raw", 0.25), ("raw", -0.37), ("sgd", 0.25), ("sgd", -0.37), ("adam", 0.25), ("adam", -0.37)]
+
+
+def stages(args) -> dict:
+    """Each compiled call of the fused step timed alone (raw kernel; grafted stage 1, the norms; stage 2, the
+    update), next to fused Adam and a compiled read-only pass over g, m, v (stage 1's memory floor), all
+    interleaved; medians ÷ fused Adam."""
+    from nsf.optim import _fused
+
+    params = make_params(args.params[0], device=args.device)
+    samples: dict[str, list[float]] = {"Adam fused": [], "read g, m, v (sum)": []}
+    current = [""]
+    real_call = _fused._call
+
+    def timed_call(owner, key_kernel, *kernel_args):
+        name = key_kernel[0][1]
+        stage = {"_kernel_body": "raw", "_graft_body": "stage 1 (norms)"}.get(name, "stage 2 (update)")
+        _sync(args.device)
+        start = time.perf_counter()
+        out = real_call(owner, key_kernel, *kernel_args)
+        _sync(args.device)
+        if current[0]:
+            samples.setdefault(f"{current[0]} {stage}", []).append(time.perf_counter() - start)
+        return out
+
+    opts = {f"{scale} p={p}": nsf.NSF(params, lr=1e-3, p=p, scale=scale, fused=True) for scale, p in STAGE_CONFIGS}
+    adam = torch.optim.Adam(params, lr=1e-3, fused=True)
+    moments = [(q.grad, torch.randn_like(q).detach(), torch.rand_like(q).detach()) for q in params]
+    read = torch.compile(lambda ts: torch.stack([(g + m + v).sum() for g, m, v in ts]), fullgraph=True)
+    _fused._call = timed_call
+    try:
+        for opt in (*opts.values(), adam):
+            time_steps(opt, 2, args.device)  # warm-up: compiles
+        read(moments)
+        for _ in range(args.repeats):
+            samples["Adam fused"].append(time_steps(adam, 1, args.device))
+            _sync(args.device)
+            start = time.perf_counter()
+            read(moments)
+            _sync(args.device)
+            samples["read g, m, v (sum)"].append(time.perf_counter() - start)
+            for label, opt in opts.items():
+                current[0] = label
+                opt.step()
+                current[0] = ""
+    finally:
+        _fused._call = real_call
+    median = {label: statistics.median(s) for label, s in samples.items()}
+    print(f"\nper compiled call, {sum(q.numel() for q in params) / 1e6:.1f} M parameters (medians of {args.repeats})")
+    for label, t in median.items():
+        print(f"{label:<34}{t * 1e3:>9.2f} ms{t / median['Adam fused']:>8.2f} × Adam fused")
+    return {"median_s": median, "samples_s": samples}
+
+
 # --- end to end: the Fashion-MNIST CNN of the benchmark suite ----------------------------------------------------
 
 def e2e(args) -> dict:
@@ -158,10 +217,10 @@ def e2e(args) -> dict:
     optims = {
         "Adam (torch default)": lambda ps: torch.optim.Adam(ps, lr=1e-3),
         "Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
-        "NSF default (sgd-graft cycle, auto path)": lambda ps: nsf.NSF(ps, lr=1e-3),
+        "NSF default (auto path)": lambda ps: nsf.NSF(ps, lr=1e-3),
         "NSF p=−0.37 raw": lambda ps: nsf.NSF(ps, lr=1e-3, p=-0.37, scale="raw"),
         "NSF stepped ±¼ raw": lambda ps: nsf.NSF(ps, lr=1e-3, p=STEPPED, scale="raw"),
-        "NSF default, scale=adam": lambda ps: nsf.NSF(ps, lr=1e-3, scale="adam"),
+        "NSF default, stepped ±¼ cycle": lambda ps: nsf.NSF(ps, lr=1e-3, p=STEPPED),
     }
     runs = {}
     for label, make in optims.items():
@@ -219,6 +278,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--only", nargs="+", default=None,
                         help="time only the configurations whose label contains one of these (and Adam's)")
     parser.add_argument("--e2e", action="store_true", help="only the end-to-end training-step comparison")
+    parser.add_argument("--stages", action="store_true", help="only the per-stage times of the fused step "
+                        "(at the first --params size)")
     parser.add_argument("--batch-size", type=int, default=128, help="end-to-end batch size")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -231,6 +292,8 @@ def main(argv=None) -> dict:
            "repeats": args.repeats, "steps": args.steps}
     if args.e2e:
         out["e2e"] = e2e(args)
+    elif args.stages:
+        out["stages"] = stages(args)
     else:
         configs = select(configurations(tuple(args.paths)), args.only)
         out["sizes"] = []

@@ -78,7 +78,7 @@ def test_exponent_kinds():
     assert [_fused.exponent_kind(p) for p in (-0.25, -1.0)] == ["-0.25", "-1.0"]
     assert _fused.exponent_kind(0.0) == "zero" and _fused.exponent_kind(-0.0) == "zero"
     for p in (0.3, -0.37, 0.2500001, 1.25, -2.0):
-        assert _fused.exponent_kind(p) == "pow" and not _fused.is_fast(p)
+        assert _fused.exponent_kind(p) == ("+pow" if p > 0 else "-pow") and not _fused.is_fast(p)
 
 
 @pytest.mark.parametrize("exponent", [0.25, 0.5, 0.75, 1.0])
@@ -261,6 +261,61 @@ def test_fused_fallback_is_per_optimizer_and_warns_once(monkeypatch):
     assert len(_fused._kernels) == 1  # another optimizer compiled its kernel
     run(d, p=-0.37, scale="raw", foreach=False)
     assert_close_updates(make_params(), c, d)
+
+
+def test_fused_graft_stage_one_writes_nothing_and_a_stage_two_failure_falls_back(monkeypatch):
+    """Stage 1 only reads (stage 2 writes m, v and θ), so when only stage 2 fails to compile the step is the
+    foreach path's, exactly, with one warning; the optimizer then stays on the foreach path."""
+    real_compile = torch.compile
+
+    def stage_two_broken(fn, **kwargs):
+        if fn.__kwdefaults__ and "scale" not in fn.__kwdefaults__:  # the apply stage: no scale option
+            def run_it(*args):
+                raise BackendCompilerFailed("no C++ compiler found")
+            return run_it
+        return real_compile(fn, **kwargs)
+
+    monkeypatch.setattr(_fused, "BACKEND", "eager")
+    monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused.torch, "compile", stage_two_broken)
+    a, b = make_params(), make_params()
+    with pytest.warns(RuntimeWarning, match="fused") as record:
+        run(a, p=-0.37, scale="adam", fused=True, weight_decay=0.01)
+    assert len([w for w in record if "fused" in str(w.message)]) == 1
+    run(b, p=-0.37, scale="adam", foreach=True, weight_decay=0.01)
+    assert_close_params(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", ["sgd", "adam"])
+@pytest.mark.parametrize("p", [0.25, -0.37])
+def test_fused_graft_stage_one_reads_only(eager_backend, scale, p):
+    params = make_params()
+    opt = run(params, p=p, scale=scale, fused=True, steps=2)
+    state = [t.clone() for q in params for t in opt.state[q].values()]
+    before = [q.detach().clone() for q in params]
+    stage_one = next(k for key, k in _fused._kernels.items() if key[1] == "_graft_body")
+    for q in params:
+        q.grad = torch.randn_like(q)
+    grouped = [params, [q.grad for q in params], *([opt.state[q][n] for q in params]
+                                                   for n in ("exp_avg", "exp_avg_sq"))]
+    scalars, hyper, _, _ = _fused._scalars([opt.state[q]["step"] for q in params], p, 1e-2, 0.9, 0.999, 1e-8, 0.0,
+                                           params[0].device, torch.float32, graft=True)
+    with torch.no_grad():
+        sums = stage_one(*grouped, [], scalars, hyper)
+    assert sums.shape == (len(params), 3) and torch.isfinite(sums).all()
+    assert all(torch.equal(x, y) for x, y in zip(state, [t for q in params for t in opt.state[q].values()]))
+    assert all(torch.equal(x, y) for x, y in zip(before, params))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_graft_finite_mask_is_isfinite(dtype):
+    """Stage 1's mask, (|m| + x)/2 < inf with x ≥ 0 clamped to the largest float, is isfinite(m) & isfinite(x),
+    also at the largest floats (where |m| + x alone would overflow)."""
+    big, inf, nan = torch.finfo(dtype).max, float("inf"), float("nan")
+    values = torch.tensor([0.0, 1e-30, -1.0, big, -big, inf, -inf, nan], dtype=dtype)
+    m, v = torch.meshgrid(values, values.abs(), indexing="ij")
+    x = v.clamp(max=big)
+    assert torch.equal(_fused._finite(m, x), torch.isfinite(m) & torch.isfinite(x))
 
 
 def test_fused_checks_devices_and_dtypes_up_front(eager_backend):

@@ -180,8 +180,11 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tenso
         torch._foreach_reciprocal_(d)
         torch._foreach_mul_(d, m)
     elif p_value < 0:  # d = m·(v/k)^|p|, k the largest v where m is finite: |d| ≤ |m|
-        tops = torch.stack([torch.where(torch.isfinite(mi), xi, 0).amax() if xi.numel() else xi.new_zeros(())
-                            for mi, xi in zip(m, x)])  # over the good coordinates, as the reference
+        # over the good coordinates, as the reference: x + 0·m is x where m is finite and NaN where it is not
+        # (x ≤ the largest float, never inf); isfinite and where were measured 10× slower than this on the CPU
+        masked = torch._foreach_mul(m, 0.0)
+        torch._foreach_add_(masked, x)
+        tops = _finite_norms(masked, float("inf"), None)  # x ≥ 0: the largest good x
         torch._foreach_div_(x, torch.where(tops > 0, tops, 1).unbind())
         d = _foreach_power(x, a)
         torch._foreach_mul_(d, m)
@@ -197,8 +200,9 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tenso
     return d
 
 
-def _finite_norms(xs: list[Tensor]) -> Tensor:
-    """Per-tensor float64 norms over the finite entries, stacked on the device."""
-    norms = torch.stack(torch._foreach_norm([torch.nan_to_num(x, 0.0, 0.0, 0.0) for x in xs], 2,
-                                            dtype=torch.float64))
+def _finite_norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """Per-tensor norms (float64 by default) over the finite entries, stacked on the device; 0 for an empty
+    tensor (whose max-norm torch refuses)."""
+    finite = [torch.nan_to_num(x, 0.0, 0.0, 0.0) if x.numel() else x.new_zeros(1) for x in xs]
+    norms = torch.stack(torch._foreach_norm(finite, ord, dtype=dtype))
     return norms.full_tensor() if _is_dtensor(norms) else norms  # FSDP2 shards: the whole tensor's norms

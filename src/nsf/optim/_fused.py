@@ -1,17 +1,18 @@
 """The fused NSF step: the foreach path's folded arithmetic, compiled by ``torch.compile``.
 
 Each (parameter list, exponent kind, option set) gets its own compiled graph. Every value that moves during
-training — ``p`` (for the general kernel), ``lr``, the betas, the weight decay and the per-tensor bias
+training — ``p`` (for the general kernels), ``lr``, the betas, the weight decay and the per-tensor bias
 corrections — is a tensor input computed on the device, so a moving ``p`` or an lr schedule never
 recompiles and no step reads a device value on the host. Only the exponent's *kind* is static:
 ``|p| ∈ {¼, ½, ¾, 1}`` get square-root chains (exact, no log/exp per element), ``p = 0`` no power at all, and
-every other ``p`` one general kernel with ``p`` as a runtime input: per parameter list and option set, at
-most ten kernels for the raw scale and twenty (ten kinds × two stages) for a grafted one, whatever the p
-schedule does.
+every other ``p`` one general kernel per sign with ``|p|`` as a runtime input: per parameter list and option
+set, at most eleven kernels for the raw scale and twenty-two (eleven kinds × two stages) for a grafted one,
+whatever the p schedule does.
 
-The raw scale is one pass over θ, g, m, v. The grafted scales take two: the moment update with the per-tensor
-norms reduced inside the kernel (over the finite entries, in float64), then the rescaled step, whose factors
-are formed on the device from those norms.
+The raw scale is one pass over θ, g, m, v. The grafted scales take two: the per-tensor norms of the new moments'
+direction, reduced inside the kernel (over the finite entries, in float64) without writing anything, then one
+pass as the raw scale's that writes m, v and the rescaled step, whose factors are formed on the device from
+those norms.
 
 If compiling fails (no C++ compiler, an unsupported platform), that optimizer and configuration warn once
 and take the foreach path; other optimizers and configurations still compile.
@@ -19,7 +20,6 @@ and take the foreach path; other optimizers and configurations still compile.
 
 from __future__ import annotations
 
-import math
 import threading
 import types
 import warnings
@@ -50,17 +50,17 @@ _failed: dict[int, set] = {}
 
 
 def exponent_kind(p: float) -> str:
-    """``"zero"``, ``"+0.5"``-style fast kinds, or ``"pow"`` for a general exponent."""
+    """``"zero"``, ``"+0.5"``-style fast kinds, or ``"+pow"``/``"-pow"`` for a general exponent (the sign is
+    static: a runtime sign would make every element pay for both the division and the product)."""
     if p == 0:
         return "zero"
-    if abs(p) in FAST_EXPONENTS:
-        return f"{'+' if p > 0 else '-'}{abs(p)}"
-    return "pow"
+    sign = "+" if p > 0 else "-"
+    return f"{sign}{abs(p)}" if abs(p) in FAST_EXPONENTS else f"{sign}pow"
 
 
 def is_fast(p: float) -> bool:
     """True when ``p`` needs no log/exp per element (p = 0 or |p| ∈ {¼, ½, ¾, 1})."""
-    return exponent_kind(p) != "pow"
+    return not exponent_kind(p).endswith("pow")
 
 
 def available() -> bool:
@@ -91,15 +91,15 @@ def _power(x: Tensor, a: float) -> Tensor:
 
 def _x_pow(x: Tensor, hyper: Tensor, kind: str, cdtype) -> Tensor:
     """x^|p|: a square-root chain for the fast kinds, exp(|p|·log x) for the general one (0 at x = 0)."""
-    if kind == "pow":
+    if kind.endswith("pow"):
         return torch.exp(torch.log(x) * hyper[5].to(cdtype))
     return _power(x, float(kind[1:]))
 
 
-def _update(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtype):
-    """The moment updates, in place; returns (m, x) in the compute dtype, x = v or its running max.
+def _moments(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtype):
+    """The new moments as stored (state dtype), not written: (m, v, running max of v or None).
 
-    hyper = (1 − β1, β2, 1 − β2, λ, 1 − ηλ, |p|, sign p).
+    hyper = (1 − β1, β2, 1 − β2, λ, 1 − ηλ, |p|).
     """
     g = grad.to(cdtype)
     if maximize:
@@ -109,13 +109,20 @@ def _update(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtyp
     m_new = m.to(cdtype).lerp(g, hyper[0].to(cdtype))
     v_new = v.to(cdtype) * hyper[1] + (hyper[2] * g) * g  # addcmul's order: (1 − β2)·g first, no early overflow
     m_new, v_new = m_new.to(m.dtype), v_new.to(v.dtype)  # the values as stored (state_dtype rounding)
+    vmax_new = torch.maximum(vmax, v_new).to(vmax.dtype) if amsgrad else None
+    return m_new, v_new, vmax_new
+
+
+def _update(param, grad, m, v, vmax, hyper, *, amsgrad, maximize, wd_mode, cdtype):
+    """The moment updates, in place; returns (m, x) in the compute dtype, x = v or its running max. The new
+    values are used, not re-read from the mutated inputs: inductor then fuses it all in one loop."""
+    m_new, v_new, vmax_new = _moments(param, grad, m, v, vmax, hyper, amsgrad=amsgrad, maximize=maximize,
+                                      wd_mode=wd_mode, cdtype=cdtype)
     m.copy_(m_new)
     v.copy_(v_new)
-    if amsgrad:  # the new values, not re-read from the mutated inputs: inductor then fuses it all in one loop
-        vmax_new = torch.maximum(vmax, v_new).to(vmax.dtype)
+    if amsgrad:
         vmax.copy_(vmax_new)
-        return m_new.to(cdtype), vmax_new.to(cdtype)
-    return m_new.to(cdtype), v_new.to(cdtype)
+    return m_new.to(cdtype), (vmax_new if amsgrad else v_new).to(cdtype)
 
 
 def _kernel_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, hyper, *, kind, amsgrad,
@@ -129,9 +136,6 @@ def _kernel_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars,
         eps_i = scalars[i, 1].to(cdtype)
         if kind == "zero":
             d = m_c
-        elif kind == "pow":  # any sign: v^|p| once, then divide (p > 0) or multiply (p < 0)
-            x_pow = _x_pow(x, hyper, kind, cdtype)
-            d = torch.where(hyper[6] > 0, m_c / (x_pow + eps_i), m_c * x_pow)
         elif kind[0] == "+":
             d = m_c / (_x_pow(x, hyper, kind, cdtype) + eps_i)
         else:
@@ -151,9 +155,13 @@ def _graft_q(x: Tensor, eps_i: Tensor, hyper: Tensor, kind: str, cdtype) -> tupl
     if kind == "zero":
         return x, torch.ones_like(x)
     x_pow = _x_pow(x, hyper, kind, cdtype).clamp(max=fmax)
-    if kind == "pow":
-        return x, torch.where(hyper[6] > 0, 1 / (x_pow + eps_i), x_pow)
     return x, (1 / (x_pow + eps_i) if kind[0] == "+" else x_pow)
+
+
+def _finite(m: Tensor, x: Tensor) -> Tensor:
+    """isfinite(m) & isfinite(x) for x ≥ 0 clamped to the largest float (so never inf), as one add and one
+    compare per element instead of two isfinite (measured 10–20 % of the grafted stage 1 on the CPU)."""
+    return (m.abs() * 0.5 + x * 0.5) < float("inf")
 
 
 def _sq_sum(t: Tensor) -> Tensor:
@@ -165,43 +173,47 @@ def _sq_sum(t: Tensor) -> Tensor:
 
 def _graft_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, hyper, *, kind, amsgrad,
                 maximize, wd_mode, cdtype, scale):
-    """Grafted scales, stage 1: the moment updates and, per tensor, (‖d‖², ‖r‖², k) over the finite entries
-    in float64, with d = m·q and r the reference step up to 1/bc1; k the largest q when p < 0 (else 1).
-    scalars[i] = (ε_i, 1/√bc2_i, ε)."""
+    """Grafted scales, stage 1, reading only: per tensor, (‖d‖², ‖r‖², k) of the *new* moments over the finite
+    entries in float64, with d = m·q and r the reference step up to 1/bc1; k the largest q when p < 0 (else 1).
+    scalars[i] = (ε_i, 1/√bc2_i, ε). Nothing is written: inductor's CPU code never stores into an input inside
+    a reduction loop (it writes a temporary and copies it, or recomputes the store in a third loop), so the
+    moments are written by stage 2, which recomputes them."""
     out = []
     for i in range(len(params)):
-        m_c, x = _update(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
-                         max_exp_avg_sqs[i] if amsgrad else None, hyper, amsgrad=amsgrad, maximize=maximize,
-                         wd_mode=wd_mode, cdtype=cdtype)
-        x, q = _graft_q(x, scalars[i, 0].to(cdtype), hyper, kind, cdtype)
-        good = torch.isfinite(m_c) & torch.isfinite(q)  # q is NaN exactly where v is
+        m_new, v_new, vmax_new = _moments(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                          max_exp_avg_sqs[i] if amsgrad else None, hyper, amsgrad=amsgrad,
+                                          maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
+        m_c = m_new.to(cdtype)
+        x, q = _graft_q((vmax_new if amsgrad else v_new).to(cdtype), scalars[i, 0].to(cdtype), hyper, kind, cdtype)
+        good = _finite(m_c, x)  # the reference's good coordinates: m and v finite
         m_good, q_good = torch.where(good, m_c, 0), torch.where(good, q, 0)
         if scale == "sgd":
             r = m_good
-        else:  # m̂/(√v̂ + ε) · bc1 = m/(√v/√bc2 + ε)
-            r = m_good / (torch.where(good, x, 0).sqrt() * scalars[i, 1].to(cdtype) + scalars[i, 2].to(cdtype))
+        else:  # m̂/(√v̂ + ε) · bc1 = m/(√v/√bc2 + ε); √x unmasked, so it is the square-root chain's first root
+            r = torch.where(good, m_c / (x.sqrt() * scalars[i, 1].to(cdtype) + scalars[i, 2].to(cdtype)), 0)
         if kind == "zero" or kind[0] == "+" or q.numel() == 0:
             k = torch.ones((), dtype=torch.float64, device=q.device)
         else:
             k = q_good.amax().to(torch.float64)  # as the reference's k
-            if kind == "pow":
-                k = torch.where(hyper[6] > 0, 1.0, k)
         d = m_good.to(torch.float64) * q_good.to(torch.float64)  # float64: m·x^|p| may overflow float32
         out.append(torch.stack([(d * d).sum(), _sq_sum(r), k]))
     return torch.stack(out)
 
 
-def _apply_body(params, exp_avgs, xs, scalars, factors, hyper, *, kind, wd_mode, cdtype):
-    """Grafted scales, stage 2: θ ← θ·(1 − ηλ if decoupled) + α_i·m·(q/k_i), with factors[i] = (α_i, 1/k_i)
-    formed on the device from stage 1's norms. A non-finite m (a NaN/inf gradient) spoils only its own
-    coordinate."""
+def _apply_body(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, factors, hyper, *, kind, amsgrad,
+                maximize, wd_mode, cdtype):
+    """Grafted scales, stage 2, one pass as the raw kernel: the moment updates (as in stage 1) and
+    θ ← θ·(1 − ηλ if decoupled) + α_i·m·(q/k_i), with factors[i] = (α_i, 1/k_i) formed on the device from
+    stage 1's norms. A non-finite m (a NaN/inf gradient) spoils only its own coordinate."""
     for i in range(len(params)):
         param = params[i]
-        _, q = _graft_q(xs[i].to(cdtype), scalars[i, 0].to(cdtype), hyper, kind, cdtype)
+        m_c, x = _update(param, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None,
+                         hyper, amsgrad=amsgrad, maximize=maximize, wd_mode=wd_mode, cdtype=cdtype)
+        _, q = _graft_q(x, scalars[i, 0].to(cdtype), hyper, kind, cdtype)
         new = param.to(cdtype)
         if wd_mode == "decoupled":
             new = new * hyper[4]
-        d = exp_avgs[i].to(cdtype) * (q * factors[i, 1].to(cdtype))
+        d = m_c * (q * factors[i, 1].to(cdtype))
         param.copy_((new + factors[i, 0].to(cdtype) * d).to(param.dtype))
 
 
@@ -276,7 +288,7 @@ def _scalars(steps, p_value, lr, beta1, beta2, eps, weight_decay, device, scalar
     else:
         alpha = -lr_t / (bc1 * bc2**a) if p_value < 0 else -lr_t / bc1
         scalars = torch.stack([alpha, torch.zeros_like(t)], 1)
-    hyper = _on_device([1 - beta1, beta2, 1 - beta2, weight_decay, 1.0, a, math.copysign(1.0, p_value)], device)
+    hyper = _on_device([1 - beta1, beta2, 1 - beta2, weight_decay, 1.0, a], device)
     if weight_decay != 0:
         hyper = torch.cat([hyper[:4], (1 - lr_t * weight_decay) * hyper[4:5], hyper[5:]])
     return scalars.to(scalar_dtype), hyper.to(scalar_dtype), bc1, lr_t
@@ -294,7 +306,7 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
     key = (kind, amsgrad, maximize, wd_mode, cdtype, scale, device, params[0].dtype, grads[0].dtype,
            exp_avgs[0].dtype, tuple(q.shape for q in params))
     failed = _failed.get(id(params[0]), ())
-    if key in failed:
+    if key in failed or ("apply", *key) in failed:
         return False
     scalar_dtype = torch.float64 if cdtype == torch.float64 else torch.float32
     scalars, hyper, bc1, lr_t = _scalars(steps, p_value, lr, beta1, beta2, eps, weight_decay, device,
@@ -312,16 +324,14 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, 
                  exp_avg_sqs, vmaxes, scalars, hyper)
     if sums is _FAILED:
         return False
-    torch._foreach_add_(steps, 1.0)
     k = sums[:, 2]
     ratio = _graft_ratio(sums[:, 0].sqrt() / k, sums[:, 1].sqrt(), bc1)  # ‖m·q/k‖ against ‖r‖/bc1
     inv_k = torch.where(k > 0, 1 / torch.where(k > 0, k, 1.0), 0.0)  # k = 0: a zero direction, no step
     factors = torch.stack([-lr_t * ratio, inv_k], 1).to(scalar_dtype)
-    apply_key = ("apply", kind, wd_mode, cdtype, device, params[0].dtype, tuple(q.shape for q in params))
-    xs = vmaxes if amsgrad else exp_avg_sqs
-    if _call(params[0], _get_kernel(apply_key, _apply_body, dict(kind=kind, wd_mode=wd_mode, cdtype=cdtype)),
-             params, exp_avgs, xs, scalars, factors, hyper) is _FAILED:
-        raise RuntimeError("NSF: the fused step's second stage failed to compile after its first stage ran")
+    if _call(params[0], _get_kernel(("apply", *key), _apply_body, static), params, grads, exp_avgs, exp_avg_sqs,
+             vmaxes, scalars, factors, hyper) is _FAILED:
+        return False  # stage 1 wrote nothing: the foreach path takes this step
+    torch._foreach_add_(steps, 1.0)
     return True
 
 
