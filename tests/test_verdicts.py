@@ -275,3 +275,15 @@ def test_a_diverged_seed_counts_at_its_error_and_leaves_loss_comparisons():
     assert err["n"] == 4 and err["diff"] == pytest.approx(100 * np.mean([-0.1, -0.09, 0.68, -0.09]))
     loss = V.compare(nsf, base, "loss")
     assert loss["n"] == 3 and loss["left_out"] == [2]
+
+
+def test_time_to_target_is_censored_when_both_arms_reach_it_at_the_smallest_budget():
+    # accuracy falls with budget (overfitting): both arms beat the full-budget target already at budget 1/4, so
+    # the ratio "at most 1/4 over at most 1/4" is 1 by construction and decides nothing
+    def arm(accs):
+        runs = {b: {s: {"final": {"error": 1 - a + 0.001 * s}} for s in range(4)} for b, a in zip((0.25, 0.5, 1.0), accs)}
+        return V.Arm("x", runs=runs)
+    nsf, base = arm((0.65, 0.64, 0.62)), arm((0.62, 0.59, 0.60))
+    t = V.time_to_target(nsf, base, n_boot=200)
+    assert t["ratio"][0] == pytest.approx(1.0)
+    assert t["verdict"].startswith("inconclusive (both reach the target at the smallest budget")

@@ -198,8 +198,12 @@ def time_to_target(nsf: Arm, base: Arm, level: float = 0.95, n_boot: int = 2000)
 
     fwd = S.bootstrap_paired(ratio, A, B, level=level, n_boot=n_boot)
     rev = S.bootstrap_paired(lambda a, b: ratio(b, a), A, B, level=level, n_boot=n_boot)
-    return {"seeds": seeds, "budgets": budgets, "level": level, "target": float(B[:, -1].mean()),
-            "acc": {"nsf": A, "base": B}, "ratio": fwd[:3], "reverse": rev[:3], "verdict": verdict_ttt(fwd[1], fwd[2])}
+    target = float(B[:, -1].mean())
+    verdict = verdict_ttt(fwd[1], fwd[2])
+    if A[:, 0].mean() >= target and B[:, 0].mean() >= target:  # a ratio of "at most" over "at most": censored
+        verdict = f"inconclusive (both reach the target at the smallest budget run, {budgets[0]:g})"
+    return {"seeds": seeds, "budgets": budgets, "level": level, "target": target,
+            "acc": {"nsf": A, "base": B}, "ratio": fwd[:3], "reverse": rev[:3], "verdict": verdict}
 
 
 def verdict_ttt(lo: float, hi: float) -> str:
