@@ -4,8 +4,10 @@
 ``nsf.NSF(params)`` keeps the step length (each tensor's step has the length of Adam's; p only turns its
 direction). The ±1/4 cosine cycle of p is the one chosen by the declared search of issue #4 on validation
 splits (docs/RESULTS.md); its period is in optimizer steps because the library cannot know a run's length:
-state it per run with ``Cyclic(-0.25, 0.25, cycles=k, total_steps=T, shape="cosine")``. Provisional until the
-evidence protocol (issue #9) re-chooses it.
+state it per run with ``Cyclic(-0.25, 0.25, cycles=k, total_steps=T, shape="cosine")``. Provisional: the
+evidence protocol's stage-1 search (docs/RESULTS_evidence.md) ranked cyclic(0, 1/2) sgd-grafted first, 0.0006
+nats of validation loss ahead of the adam-grafted variant, too close to change what ``lr`` means; stage 2
+decides.
 """
 from __future__ import annotations
 
