@@ -118,3 +118,34 @@ def skipped_lines(instrument: str, data: dict) -> list[str]:
     """One line per task an instrument skipped, with the first line of the reason."""
     return [f"{instrument} [{name}] skipped: {why.splitlines()[0][:100]}" for name, why in data.get("skipped", {}).items()]
 
+
+def _call_with_seed(fn: Callable, seed: int):
+    return fn(seed=seed)
+
+
+def map_seeds(fn: Callable, seeds: Sequence[int], workers: int = 1, on_done=None) -> list:
+    """``[fn(seed=s) for s in seeds]``, in order; with ``workers > 1`` in a forkserver process pool (never fork
+    after torch has started threads), each worker with this process's torch thread count. ``fn`` must pickle
+    (a module-level function or a ``functools.partial`` of one). Every run seeds itself, so the results do not
+    depend on ``workers``."""
+    if workers <= 1:
+        out = []
+        for s in seeds:
+            out.append(fn(seed=s))
+            if on_done:
+                on_done()
+        return out
+    import functools
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=torch.set_num_threads,
+                             initargs=(torch.get_num_threads(),)) as pool:
+        out = []
+        for r in pool.map(functools.partial(_call_with_seed, fn), seeds):
+            out.append(r)
+            if on_done:
+                on_done()
+        return out
+

@@ -5,6 +5,7 @@ instruments' choices (flattened inputs, a 2x128 ReLU MLP, constant LR, per-datas
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from nsf.experiment.train import fit, shuffled_batches
 from nsf.experiment.tuner import Decision, Grid
 from nsf.experiment.util import seed_everything, write_json_atomic
 
-from ._common import OptimizerSpec, cycle_spec, make_optimizer, spec_label, tune_lr
+from ._common import OptimizerSpec, cycle_spec, make_optimizer, map_seeds, spec_label, tune_lr
 
 #: per-dataset training budgets (constant LR; the same for every optimizer)
 BUDGETS = {
@@ -130,8 +131,14 @@ def tune_classifier_lr(spec: OptimizerSpec, data: dict, grid: Grid, *, steps: in
     return decision
 
 
+def _recorded_run(spec, lr, data, steps, batch, make_recorder, *, seed):
+    """One seed at ``lr`` with a fresh recorder -> (diverged, the recorder's history); picklable for a pool."""
+    rec = make_recorder()
+    return train_classifier(spec, lr, data, steps=steps, batch=batch, seed=seed, callbacks=[rec])["diverged"], rec.history
+
+
 def compare(opts: Sequence[OptimizerSpec], data: dict, make_recorder, *, steps: int, batch: int, seeds, lr_grid: Grid,
-            tune_seed: int, cache_path: str | None, desc: str, progress: bool) -> dict:
+            tune_seed: int, cache_path: str | None, desc: str, progress: bool, workers: int = 1) -> dict:
     """Per optimizer: tune its LR on the validation split, then train every seed at that LR with a fresh
     ``make_recorder()`` callback (anything with a ``history``).  Returns ``{label: {lr, tuning, histories,
     diverged}}``."""
@@ -142,13 +149,9 @@ def compare(opts: Sequence[OptimizerSpec], data: dict, make_recorder, *, steps: 
     for spec in opts:
         tuning = tune_classifier_lr(spec, data, lr_grid, steps=steps, batch=batch, seed=tune_seed,
                                     cache_path=cache_path, on_step=lambda: bar.update(1))
-        hists, div = [], []
-        for s in seeds:
-            rec = make_recorder()
-            div.append(train_classifier(spec, tuning.lr, data, steps=steps, batch=batch, seed=s,
-                                        callbacks=[rec])["diverged"])
-            hists.append(rec.history)
-            bar.update(1)
+        runs = map_seeds(functools.partial(_recorded_run, spec, tuning.lr, data, steps, batch, make_recorder), seeds,
+                         workers, on_done=lambda: bar.update(1))
+        div, hists = [d for d, _ in runs], [h for _, h in runs]
         per_opt[spec_label(spec)] = {"lr": tuning.lr, "tuning": tuning.to_dict(), "histories": hists, "diverged": div}
     bar.close()
     return per_opt

@@ -16,6 +16,7 @@ accuracy against loss.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Callable, Sequence
@@ -33,20 +34,17 @@ from ._common import OptimizerSpec, first_index_below, fmt_ci, grid_dict, loss_l
 from ._train import TUNING_CRITERION, classification_sweep, compare
 
 
+def _cadence(early_every: int, late_every: int, early_steps: int, step: int) -> bool:
+    return step == 0 or step % (early_every if step <= early_steps else late_every) == 0
+
+
 def early_dense_cadence(steps_per_epoch: int, early_epochs: int = 3, per_epoch_early: int = 8,
                         per_epoch_late: int = 2) -> Callable[[int], bool]:
     """Evaluate ``per_epoch_early`` times per epoch for the first ``early_epochs`` epochs, then
-    ``per_epoch_late`` times per epoch (and always at step 0)."""
+    ``per_epoch_late`` times per epoch (and always at step 0). A partial, so it pickles (``--workers``)."""
     spe = max(1, int(steps_per_epoch))
-    early_every = max(1, spe // per_epoch_early)
-    late_every = max(1, spe // per_epoch_late)
-
-    def cadence(step: int) -> bool:
-        if step == 0:
-            return True
-        return step % (early_every if step <= early_epochs * spe else late_every) == 0
-
-    return cadence
+    return functools.partial(_cadence, max(1, spe // per_epoch_early), max(1, spe // per_epoch_late),
+                             early_epochs * spe)
 
 
 class AlignmentRecorder:
@@ -98,16 +96,17 @@ def accuracy_at_loss(history: dict, levels: Sequence[float]) -> dict:
 
 def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = False, out_dir: str | None = None,
         datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-        lr_grid: Grid | None = None, tune_seed: int = 1000, progress: bool = True) -> dict:
+        lr_grid: Grid | None = None, tune_seed: int = 1000, progress: bool = True, workers: int = 1) -> dict:
     datasets, seeds, lr_grid, sweep, skipped = classification_sweep(quick, datasets, seeds, lr_grid, optimizers)
     cache = f"{out_dir}/lr_tuning_cache.json" if out_dir else None
     t0 = time.time()
     results = {}
     for name, data, steps, batch, period, opts in sweep:
         spe = int(math.ceil(len(data["y_tr"]) / batch))
-        per_opt = compare(opts, data, lambda: AlignmentRecorder(data["x_te"], data["y_te"], early_dense_cadence(spe)),
+        recorder = functools.partial(AlignmentRecorder, data["x_te"], data["y_te"], early_dense_cadence(spe))
+        per_opt = compare(opts, data, recorder,
                           steps=steps, batch=batch, seeds=seeds, lr_grid=lr_grid, tune_seed=tune_seed,
-                          cache_path=cache, desc=f"alignment/{name}", progress=progress)
+                          cache_path=cache, workers=workers, desc=f"alignment/{name}", progress=progress)
         # common test-loss levels: from 0.9·ln C down to the highest minimum any run reached
         levels = loss_levels([h["loss"] for o in per_opt.values() for h, d in zip(o["histories"], o["diverged"])
                               if not d], 0.9 * math.log(data["n_classes"]))

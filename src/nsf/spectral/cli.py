@@ -58,6 +58,8 @@ def register(subparsers) -> None:
                        help="redraw the figures and reprint the summary from an existing DIR/<instrument>.json")
         if name != "response":
             q.add_argument("--seeds", type=_seeds, default=None, help="'5' for seeds 0..4, or '0,1,2'")
+            q.add_argument("--workers", type=positive_int, default=1,
+                           help="run the seeds in N processes, each with --threads torch threads (default 1)")
             q.add_argument("--lr-grid", type=_grid, default=None, metavar="LO,HI,STEP",
                            help="declared log LR grid searched by the tuner, STEP in decades "
                                 "(default: the instrument's, e.g. 1e-4,100,0.5)")
@@ -104,6 +106,7 @@ def run(args) -> int:
     else:
         if args.seeds is not None:
             kw["seeds"] = args.seeds
+        kw["workers"] = args.workers
         if args.lr_grid is not None:
             kw["lr_grid"] = args.lr_grid
     if getattr(args, "datasets", None):

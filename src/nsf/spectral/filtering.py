@@ -17,6 +17,7 @@ first reaches a common level), their LRs tuned on a validation split (never the 
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Sequence
@@ -150,7 +151,7 @@ def _at_levels(hist: dict, levels: Sequence[float]) -> dict:
 
 def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = False, out_dir: str | None = None,
         datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-        lr_grid: Grid | None = None, tune_seed: int = 1000, progress: bool = True) -> dict:
+        lr_grid: Grid | None = None, tune_seed: int = 1000, progress: bool = True, workers: int = 1) -> dict:
     datasets, seeds, lr_grid, sweep, skipped = classification_sweep(quick, datasets, seeds, lr_grid, optimizers)
     cache = f"{out_dir}/lr_tuning_cache.json" if out_dir else None
     t0 = time.time()
@@ -160,9 +161,10 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
         Y = F.one_hot(data["y_tr"], data["n_classes"]).float()
         dl = choose_delta(data["x_tr"], Y)
         G = dl.pop("G")
-        per_opt = compare(opts, data, lambda: FilterProbe(data["x_tr"], data["y_tr"], data["n_classes"], G, every),
+        probe = functools.partial(FilterProbe, data["x_tr"], data["y_tr"], data["n_classes"], G, every)
+        per_opt = compare(opts, data, probe,
                           steps=steps, batch=batch, seeds=seeds, lr_grid=lr_grid, tune_seed=tune_seed,
-                          cache_path=cache, desc=f"filtering/{name}", progress=progress)
+                          cache_path=cache, workers=workers, desc=f"filtering/{name}", progress=progress)
         hi = 0.8 * math.log(data["n_classes"])
         levels = loss_levels([h["loss"] for o in per_opt.values() for h, d in zip(o["histories"], o["diverged"])
                               if not d], hi)

@@ -30,7 +30,7 @@ from nsf.experiment.tuner import Grid
 from nsf.experiment.util import save_figure, seed_everything, write_json_atomic
 
 from . import plots
-from ._common import (OptimizerSpec, cycle_spec, first_index_below, grid_dict, make_optimizer, spec_label,
+from ._common import (OptimizerSpec, cycle_spec, first_index_below, grid_dict, make_optimizer, map_seeds, spec_label,
                       time_to_learn, tune_lr)
 
 DEFAULT_FREQS = (1, 2, 4, 8, 16, 32)
@@ -184,7 +184,9 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
         seeds: Sequence[int] | None = None, profiles: Sequence[str] = ("equal", "increasing"),
         steps: int | None = None, lr_grid: Grid | None = None, ks: Sequence[int] | None = None,
         n: int | None = None, width: int | None = None, depth: int | None = None, eval_every: int | None = None,
-        tune_seed: int = 1000, progress: bool = True) -> dict:
+        tune_seed: int = 1000, progress: bool = True, workers: int = 1) -> dict:
+    import functools
+
     from tqdm.auto import tqdm
 
     if quick:
@@ -223,10 +225,8 @@ def run(optimizers: Sequence[OptimizerSpec] | None = None, *, quick: bool = Fals
 
             tuning = tune_lr(tune_one, lr_grid, seed=tune_seed, criterion="loss", what=f"{prof}/{spec_label(spec)}: ")
             best_lr = tuning.lr
-            runs = []
-            for s in seeds:
-                runs.append(train_run(spec, best_lr, profile=prof, seed=s, **kw))
-                bar.update(1)
+            runs = map_seeds(functools.partial(train_run, spec, best_lr, profile=prof, **kw), seeds, workers,
+                             on_done=lambda: bar.update(1))
             result[prof][spec_label(spec)] = {"lr": best_lr, "tuning": tuning.to_dict(),
                                               "runs": runs, "stats": analyse_runs(runs, ks)}
     bar.close()
