@@ -62,11 +62,6 @@ def _ci(res, digits=2) -> str:
     return f"{res['diff']:+.{digits}f} [{res['lo']:+.{digits}f}, {res['hi']:+.{digits}f}]"
 
 
-def _ms(xs, k=100.0, digits=2) -> str:
-    m, sd, n = S.mean_sd(xs)
-    return "n/a" if n == 0 else f"{k * m:.{digits}f} ± {k * sd:.{digits}f}"
-
-
 def _n(res) -> str:
     """Seeds paired, and those left out (diverged, or run by one arm only)."""
     if not res:
@@ -199,7 +194,7 @@ def _ttt(an: dict) -> list[str]:
             continue
         for who, label in (("nsf", "NSF default"), ("base", an["best"][task])):
             acc = t["acc"][who]
-            cols = ["; ".join(f"{b:g}: {_ms(acc[:, i])}" for i, b in enumerate(t["budgets"]))]
+            cols = ["; ".join(f"{b:g}: {S.fmt_mean_sd(acc[:, i], 100.0)}" for i, b in enumerate(t["budgets"]))]
             last = (f"{100 * t['target']:.2f} | {_budget(t['ratio'][0])} [{_budget(t['ratio'][1])}, "
                     f"{_budget(t['ratio'][2])}] | {_budget(t['reverse'][0])} [{_budget(t['reverse'][1])}, "
                     f"{_budget(t['reverse'][2])}] | **{t['verdict']}**") if who == "nsf" else " | | | "
@@ -207,7 +202,8 @@ def _ttt(an: dict) -> list[str]:
         fs = an["arms"][task].get("FSGDM")
         if fs is not None and an["best"][task] != "FSGDM":
             L.append(f"| {task} | FSGDM (full budget only) | "
-                     f"1: {_ms([1 - e for e in fs.finals('error').values() if e is not None])} | | | | |")
+                     f"1: {S.fmt_mean_sd([1 - e for e in fs.finals('error').values() if e is not None], 100.0)}"
+                     " | | | | |")
     L.append("")
     return L
 
@@ -248,8 +244,9 @@ def _arms(an: dict) -> list[str]:
             nd = sum(1 for r in a.runs.get(1.0, {}).values() if r["final"].get("diverged"))
             lrs = ", ".join(f"{a.lr[b]:.3g}" + ("" if b == 1.0 else f" @{b:g}") for b in sorted(a.lr, reverse=True))
             mark = " **(best baseline)**" if label == an["best"][task] else ""
-            L.append(f"| {task} | {label}{mark} | {a.kind} | {lrs} | {len(f)} ({nd}) | {_ms(f.values())} | "
-                     f"{_ms(a.finals('loss').values(), 1.0, 4)} | {', '.join(a.flags) or '—'} |")
+            L.append(f"| {task} | {label}{mark} | {a.kind} | {lrs} | {len(f)} ({nd}) | "
+                     f"{S.fmt_mean_sd(f.values(), 100.0)} | "
+                     f"{S.fmt_mean_sd(a.finals('loss').values(), 1.0, 4)} | {', '.join(a.flags) or '—'} |")
     flagged = [(t, lab, a.flags) for t, arms in an["arms"].items() for lab, a in arms.items() if a.flags]
     L.append("\nTuner flags (edge: best LR at the grid edge; cap: at the point cap; within-one-sample: decided "
              "within one "

@@ -11,7 +11,9 @@ import numpy as np
 
 from nsf.registry import spec_to_str
 
+from nsf.experiment import stats as S
 from nsf.experiment.sweep import Sweep
+from nsf.experiment.util import save_figure
 from nsf.experiment.tuner import Grid, default_max_points
 
 from .protocol import Decided, Planner, failed
@@ -43,19 +45,8 @@ def budget_to_target(final_acc_by_budget: dict, target):
     return None
 
 
-def _ms(xs, pct=True, digits=2):
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    if not xs:
-        return "n/a"
-    k = 100.0 if pct else 1.0
-    m = float(np.mean(xs)) * k
-    s = float(np.std(xs, ddof=1)) * k if len(xs) > 1 else 0.0
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def _mean(xs):
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    return float(np.mean(xs)) if xs else float("nan")
+def _pct(xs) -> str:
+    return S.fmt_mean_sd(xs, 100.0)
 
 
 def _mean_curve(dec, runs, key="acc"):
@@ -90,21 +81,21 @@ def analyse(dec: Decided) -> dict:
                            "runs": dec.final_runs(task, label, spec)}
         present = {k: v for k, v in rows.items() if v["runs"]}
         base = [k for k in present if k in BASELINE_LABELS]
-        best_base = min(base, key=lambda k: _mean([r["final"]["error"] for r in present[k]["runs"]])) if base else None
+        best_base = min(base, key=lambda k: S.mean([r["final"]["error"] for r in present[k]["runs"]])) if base else None
         res = {"rows": rows, "best_baseline": best_base, "text": text}
         if best_base and "NSF default" in present:
-            target = 1.0 - _mean([r["final"]["error"] for r in present[best_base]["runs"]])
+            target = 1.0 - S.mean([r["final"]["error"] for r in present[best_base]["runs"]])
             nsf = present["NSF default"]
             curve = _mean_curve(dec, nsf["runs"])
             total = nsf["runs"][0]["final"]["steps"]
             res["target"] = target
             res["ttt_curve"] = time_to_target(curve["step"], curve["mean"], total, target) if curve else None
-            finals = {1.0: 1.0 - _mean([r["final"]["error"] for r in nsf["runs"]])}
+            finals = {1.0: 1.0 - S.mean([r["final"]["error"] for r in nsf["runs"]])}
             budget_runs = {1.0: nsf["runs"]}
             for b in dec.suite.budgets:
                 rb = dec.final_runs(task, "NSF default", nsf["spec"], b)
                 if rb:
-                    finals[b] = 1.0 - _mean([r["final"]["error"] for r in rb])
+                    finals[b] = 1.0 - S.mean([r["final"]["error"] for r in rb])
                     budget_runs[b] = rb
             res["budget_acc"] = finals
             res["budget_runs"] = budget_runs
@@ -116,16 +107,6 @@ def analyse(dec: Decided) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------
 # Plots
-
-def _save(fig, path: Path) -> str:
-    """Write a figure and free it; returns the file name (reports link files relative to themselves)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path.name
-
 
 def _plots(dec: Decided, an: dict, outdir: Path) -> dict:
     import matplotlib
@@ -162,7 +143,7 @@ def _plots(dec: Decided, an: dict, outdir: Path) -> dict:
         if "target" in res:
             axes[0].axhline(res["target"], color="k", ls=":", lw=1)
         axes[0].legend(fontsize=6, loc="lower right")
-        files[task, "curves"] = _save(fig, outdir / f"{task}_curves.png")
+        files[task, "curves"] = Path(save_figure(fig, outdir / f"{task}_curves.png", dpi=90)).name
         if "budget_runs" in res:
             fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
             full_steps = res["budget_runs"][1.0][0]["final"]["steps"]
@@ -185,7 +166,7 @@ def _plots(dec: Decided, an: dict, outdir: Path) -> dict:
             ax[1].axhline(res["target"], color="k", ls=":", label="best baseline final acc (target)")
             ax[1].set(xlabel="budget fraction", ylabel="final test accuracy (mean)", xticks=bs)
             ax[1].legend(fontsize=7)
-            files[task, "budget"] = _save(fig, outdir / f"{task}_budget.png")
+            files[task, "budget"] = Path(save_figure(fig, outdir / f"{task}_budget.png", dpi=90)).name
     return files
 
 
@@ -238,7 +219,7 @@ def render(dec: Decided, an: dict, files: dict, img_prefix: str = "", notes: str
             continue
         be = [r["final"]["error"] for r in res["rows"][bb]["runs"]]
         ne = [r["final"]["error"] for r in nsf]
-        L.append(f"| {task} | {bb} | {_ms(be)} | {_ms(ne)} | {100 * (_mean(ne) - _mean(be)):+.2f} | "
+        L.append(f"| {task} | {bb} | {_pct(be)} | {_pct(ne)} | {100 * (S.mean(ne) - S.mean(be)):+.2f} | "
                  f"{_fmt_frac(res.get('ttt_curve'))} | {_fmt_frac(res.get('ttt_budget'))} |")
     L += _render_matrix(an)
     L.append("\nTime to target: the fraction of the baseline budget (optimizer steps) at which NSF default's mean "
@@ -265,17 +246,17 @@ def render(dec: Decided, an: dict, files: dict, img_prefix: str = "", notes: str
             f = [r["final"] for r in runs]
             nd = sum(1 for x in f if x.get("diverged"))
             cols = [label + (" **(best baseline)**" if label == res["best_baseline"] else ""), f"`{spec_to_str(row['spec'])}`",
-                    f"{row['lr']:.3g}", f"{len(f)} ({nd})", _ms([x["error"] for x in f]),
-                    _ms([x["loss"] for x in f], pct=False, digits=4)]
+                    f"{row['lr']:.3g}", f"{len(f)} ({nd})", _pct([x["error"] for x in f]),
+                    S.fmt_mean_sd([x["loss"] for x in f], 1.0, 4)]
             if text:
-                cols += [_ms([x.get("ppl") for x in f], pct=False), _ms([x["best_acc"] for x in f])]
+                cols += [S.fmt_mean_sd([x.get("ppl") for x in f], 1.0), _pct([x["best_acc"] for x in f])]
             else:
-                cols += [_ms([x["best_acc"] for x in f]), _ms([x.get("ece") for x in f], pct=False, digits=3)]
+                cols += [_pct([x["best_acc"] for x in f]), S.fmt_mean_sd([x.get("ece") for x in f], 1.0, 3)]
             L.append("| " + " | ".join(cols) + " |")
         L.append("")
         if "budget_acc" in res:
             L.append("NSF default at compressed budgets (final test accuracy %, mean ± std): " + "; ".join(
-                f"{b:g} → {_ms([1 - r['final']['error'] for r in res['budget_runs'][b]])}"
+                f"{b:g} → {_pct([1 - r['final']['error'] for r in res['budget_runs'][b]])}"
                 for b in sorted(res["budget_runs"])) + f". Target (best baseline final): {100 * res['target']:.2f} %.\n")
         L.append("<details><summary>LR tuning (validation error % per grid LR; † diverged)</summary>\n")
         for label, row in res["rows"].items():
@@ -302,7 +283,7 @@ def _render_matrix(an: dict) -> list[str]:
         cells = []
         for t in tasks:
             row = an["tasks"][t]["rows"].get(k)
-            cells.append(_ms([r["final"]["error"] for r in row["runs"]]) if row and row["runs"] else "")
+            cells.append(_pct([r["final"]["error"] for r in row["runs"]]) if row and row["runs"] else "")
         L.append(f"| {k} | " + " | ".join(cells) + " |")
     graft = [k for k in ("NSF cyclic raw", "NSF cyclic sgd", "NSF cyclic adam") if k in labels]
     if len(graft) > 1:
@@ -314,7 +295,7 @@ def _render_matrix(an: dict) -> list[str]:
                 row = an["tasks"][t]["rows"].get(k)
                 if row and row["runs"]:
                     f = [r["final"] for r in row["runs"]]
-                    cells.append(f"{_ms([x['error'] for x in f])} / {_ms([x['loss'] for x in f], pct=False, digits=3)}"
+                    cells.append(f"{_pct([x['error'] for x in f])} / {S.fmt_mean_sd([x['loss'] for x in f], 1.0, 3)}"
                                  f" (lr {row['lr']:.3g})")
                 else:
                     cells.append("")

@@ -30,6 +30,12 @@ def mean_sd(xs) -> tuple[float, float, int]:
     return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, len(xs)
 
 
+def fmt_mean_sd(xs, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± sd`` of the finite values times ``scale`` (100 for percent), ``n/a`` when there are none."""
+    m, sd, n = mean_sd(xs)
+    return "n/a" if n == 0 else f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}"
+
+
 def _betacf(a: float, b: float, x: float) -> float:
     """Continued fraction of the incomplete beta function (modified Lentz)."""
     tiny = 1e-300
