@@ -8,7 +8,7 @@ import torch
 
 from nsf.experiment import data as D
 from nsf.experiment import stats as S
-from nsf.experiment.metrics import classification_metrics, ece
+from nsf.experiment.metrics import classification_metrics, ece, temperature_scaled_loss
 from nsf.experiment.train import evaluate, fit, shuffled_batches
 from nsf.experiment.util import jsonable, write_json_atomic
 
@@ -42,6 +42,26 @@ def test_one_ece_known_answer_and_bin_edges():
     # bins of width 0.1; conf = 1 goes to the last bin together with 0.95
     expected = (2 / 5) * abs(1.0 - (0.95 + 1.0) / 2) + (1 / 5) * 0.15 + (1 / 5) * 0.65 + (1 / 5) * 0.75
     assert ece(conf, correct, n_bins=10) == pytest.approx(expected, abs=1e-7)
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 20.0])
+def test_temperature_scaled_loss_is_the_minimum_over_temperatures(scale):
+    """Newton on 1/T lands on the brute-force minimum of CE(logits / T) for under- and over-confident logits,
+    and never above the unscaled loss."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 7, (500,), generator=g)
+    z = torch.randn(500, 7, generator=g, dtype=torch.float64) + 2.0 * torch.nn.functional.one_hot(y, 7)
+    z = scale * z
+    loss, temp = temperature_scaled_loss(z.float(), y)
+    temps = torch.logspace(-3, 3, 20001, dtype=torch.float64)
+    brute = torch.stack([torch.nn.functional.cross_entropy(z / t, y) for t in temps[::20]])
+    i = int(brute.argmin())
+    fine = temps[max(0, 20 * i - 20): 20 * i + 21]
+    best = min(torch.nn.functional.cross_entropy(z / t, y).item() for t in fine)
+    assert loss == pytest.approx(best, abs=1e-6)
+    assert loss <= torch.nn.functional.cross_entropy(z, y).item() + 1e-9
+    assert torch.nn.functional.cross_entropy(z.float().double() / temp, y).item() == pytest.approx(loss, abs=1e-9)
+    assert math.isnan(temperature_scaled_loss(torch.full((2, 3), float("nan")), torch.tensor([0, 1]))[0])
 
 
 def test_bench_evaluation_and_alignment_metrics_report_the_same_ece():

@@ -20,6 +20,33 @@ def ece(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> float:
     return total
 
 
+def temperature_scaled_loss(logits: torch.Tensor, y: torch.Tensor, iters: int = 30) -> tuple[float, float]:
+    """(cross-entropy at the best temperature, that temperature T) for ``logits``/``y``: the loss of
+    ``softmax(logits / T)`` minimised over T > 0, so that two models are compared on what they rank, not on how
+    confident they are.  Convex in β = 1/T: Newton on β (gradient E_p[z] − z_y, curvature Var_p[z]), float64."""
+    z = logits.detach().reshape(-1, logits.shape[-1]).double()
+    y = y.reshape(-1).long()
+    if not torch.isfinite(z).all():
+        return float("nan"), float("nan")
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    beta = 1.0
+    for _ in range(iters):
+        p = torch.softmax(beta * z, 1)
+        ez = (p * z).sum(1)
+        grad = (ez - zy).mean().item()
+        curv = (p * (z - ez[:, None]) ** 2).sum(1).mean().item()
+        if curv <= 1e-12:
+            break
+        new = beta - grad / curv
+        new = min(max(new, beta / 4), beta * 4)  # damped: stays positive, converges from any start
+        if abs(new - beta) <= 1e-9 * beta:
+            beta = new
+            break
+        beta = new
+    loss = F.cross_entropy(beta * z, y).item()
+    return loss, 1.0 / beta
+
+
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, n_bins: int = 15) -> dict:
     """Accuracy, cross-entropy, ECE, mean confidence and margin statistics of one batch of logits (float64).
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import data as D
 from . import models as M
 from .augment import random_crop
-from .metrics import ece
+from .metrics import ece, temperature_scaled_loss
 from .tasks import Task, eval_steps, lr_lambda
 
 Callback = Callable[[int, torch.nn.Module, "float | None"], "bool | None"]
@@ -92,12 +92,13 @@ def augmented(batches: Callable[[], tuple], gen: torch.Generator, **crop):
 
 
 @torch.no_grad()
-def evaluate(model, ds: D.Dataset, task: Task, full: bool = False) -> dict:
+def evaluate(model, ds: D.Dataset, task: Task, full: bool = False, scaled: bool = False) -> dict:
     """Loss and accuracy on the evaluation set of ``ds`` (text: ``task.eval_windows`` fixed windows, evenly
-    spaced); with ``full`` also ECE and mean confidence."""
+    spaced); with ``full`` also ECE and mean confidence; with ``scaled`` also the loss at the best temperature
+    (``loss_ts``, :func:`~nsf.experiment.metrics.temperature_scaled_loss`)."""
     model.eval()
     tot_loss, correct, n = 0.0, 0, 0
-    conf_all, corr_all = [], []
+    conf_all, corr_all, logits_all, y_all = [], [], [], []
     if ds.kind == "text":
         T = task.seq_len
         toks = ds.x_test
@@ -117,19 +118,24 @@ def evaluate(model, ds: D.Dataset, task: Task, full: bool = False) -> dict:
         if full:
             conf_all.append(logits.softmax(-1).max(-1).values.cpu())
             corr_all.append((pred == yb).cpu())
+        if scaled:
+            logits_all.append(logits.cpu())
+            y_all.append(yb.cpu())
     model.train()
     out = {"loss": tot_loss / n, "acc": correct / n}
     if full:
         conf = torch.cat(conf_all).double()
         out.update(ece=ece(conf, torch.cat(corr_all)), mean_conf=conf.mean().item())
+    if scaled:
+        out["loss_ts"] = temperature_scaled_loss(torch.cat(logits_all), torch.cat(y_all))[0]
     return out
 
 
 class CurveRecorder:
-    """Callback of a bench run: mean training loss since the last evaluation, then evaluation loss/accuracy,
-    LR and p at the steps of ``evals``; stops the run (diverged) when the evaluation loss is not finite."""
+    """Callback of a bench run: mean training loss since the last evaluation, then evaluation loss (also at the
+    best temperature, ``loss_ts``)/accuracy, LR and p at the steps of ``evals``; stops the run (diverged) when the evaluation loss is not finite."""
 
-    KEYS = ("step", "epoch", "frac", "train_loss", "loss", "acc", "lr", "p", "wall")
+    KEYS = ("step", "epoch", "frac", "train_loss", "loss", "loss_ts", "acc", "lr", "p", "wall")
 
     def __init__(self, ds: D.Dataset, task: Task, opt, evals, total: int, steps_per_epoch: int):
         self.ds, self.task, self.opt, self.evals = ds, task, opt, set(evals)
@@ -145,11 +151,12 @@ class CurveRecorder:
         self.run_n += 1
         if step not in self.evals:
             return False
-        m = evaluate(model, self.ds, self.task)
+        m = evaluate(model, self.ds, self.task, scaled=True)
         g0, c = self.opt.param_groups[0], self.curves
         # epochs on the curves are full-budget-equivalent epochs
         for k, v in (("step", step), ("epoch", step / self.spe), ("frac", step / self.total),
-                     ("train_loss", self.run_loss / max(1, self.run_n)), ("loss", m["loss"]), ("acc", m["acc"]),
+                     ("train_loss", self.run_loss / max(1, self.run_n)), ("loss", m["loss"]),
+                     ("loss_ts", m["loss_ts"]), ("acc", m["acc"]),
                      ("lr", float(g0["lr"])), ("p", float(g0["p"]) if "p" in g0 else None),
                      ("wall", time.perf_counter() - self.t0)):
             c[k].append(v)
