@@ -20,7 +20,7 @@ torch.set_num_threads(1)
 #: benchmarks/gpu_check.sh runs this file with NSF_TEST_DEVICE=cuda
 DEVICE = os.environ.get("NSF_TEST_DEVICE", "cpu")
 
-FAST_P = [0.25, 0.5, 0.75, 1.0, -0.25, -0.5, -0.75, -1.0, 0.0]
+FAST_P = [0.25, 0.5, 0.75, 1.0, -0.25, -0.5, -0.75, -1.0, 0.0, 0.125, -0.375, 0.875]
 
 
 def make_params(seed=0, dtype=torch.float32):
@@ -76,19 +76,24 @@ def eager_backend(monkeypatch):
 def test_exponent_kinds():
     assert [_fused.exponent_kind(p) for p in (0.25, 0.5, 0.75, 1.0)] == ["+0.25", "+0.5", "+0.75", "+1.0"]
     assert [_fused.exponent_kind(p) for p in (-0.25, -1.0)] == ["-0.25", "-1.0"]
+    assert [_fused.exponent_kind(p) for p in (0.125, -0.375, 0.625, 0.875)] == ["+0.125", "-0.375", "+0.625",
+                                                                                 "+0.875"]
     assert _fused.exponent_kind(0.0) == "zero" and _fused.exponent_kind(-0.0) == "zero"
-    for p in (0.3, -0.37, 0.2500001, 1.25, -2.0):
+    for p in (0.3, -0.37, 0.2500001, 1.25, -2.0, 0.0625, 1.125):
         assert _fused.exponent_kind(p) == ("+pow" if p > 0 else "-pow") and not _fused.is_fast(p)
 
 
-@pytest.mark.parametrize("exponent", [0.25, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("exponent", [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0])
 def test_foreach_square_root_chains_equal_pow(exponent):
     x = torch.cat([torch.tensor([0.0, 1e-38, 1e-30, 1.0, 3.5e38, float("inf")]), torch.rand(1000) * 1e-3])
     x = x.to(DEVICE)
+    before = x.clone()
     got = _foreach._foreach_power([x], exponent)[0]
     want = x.double().pow(exponent).float()
     torch.testing.assert_close(got, want, rtol=3e-7, atol=0)
+    torch.testing.assert_close(_fused._power(x, exponent), want, rtol=3e-7, atol=0)
     assert got.data_ptr() != x.data_ptr()  # a new tensor: callers add to it in place
+    assert torch.equal(x, before)  # the chain's in-place roots never touch the input
 
 
 @pytest.mark.parametrize("p", FAST_P + [-0.37])
@@ -414,3 +419,34 @@ def test_quantised_schedule_in_optimizer_state_dict_loads_weights_only():
     sd = torch.load(buf, weights_only=True)
     assert sd["param_groups"][0]["p_schedule"]["quantize"] == 0.25
     assert _fused.is_fast(float(opt.param_groups[0]["p"]))
+
+
+def test_default_cycle_runs_on_square_root_chains_only(monkeypatch):
+    """The library default p visits 0, ⅛, ¼, ⅜, ½ and nothing else, so the fused path never builds a general
+    (log/exp) kernel for it; and the fused default step equals the reference step."""
+    from nsf.optim.defaults import DEFAULT_P, default_cycle
+    values = {DEFAULT_P(t) for t in range(2000)}
+    assert values == {0.0, 0.125, 0.25, 0.375, 0.5}
+    assert all(_fused.is_fast(v) for v in values)
+    per_run = default_cycle(total_steps=80)
+    assert {per_run(t) for t in range(80)} == values and per_run(0) == per_run(40) == 0.0  # two whole cycles
+    monkeypatch.setattr(_fused, "BACKEND", "eager")
+    monkeypatch.setattr(_fused, "_kernels", {})
+    a, b = make_params(), make_params()
+    run(a, p=default_cycle(8), foreach=False, steps=8)
+    run(b, p=default_cycle(8), fused=True, steps=8)
+    assert_close_updates(make_params(), a, b)
+    assert not any("pow" in str(key) for key in _fused._kernels)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_graft_at_p_half_is_adams_step_in_one_pass(eager_backend, amsgrad):
+    """scale="adam" at p = ½ grafts Adam's direction onto its own length: the fast paths take the one-pass raw
+    kernel (no graft kernel is built) and still equal the reference's graft, which computes the norms."""
+    ref, fused, each = make_params(), make_params(), make_params()
+    run(ref, p=0.5, scale="adam", foreach=False, amsgrad=amsgrad, weight_decay=0.01)
+    run(fused, p=0.5, scale="adam", fused=True, amsgrad=amsgrad, weight_decay=0.01)
+    run(each, p=0.5, scale="adam", foreach=True, amsgrad=amsgrad, weight_decay=0.01)
+    assert_close_updates(make_params(), ref, fused)
+    assert_close_updates(make_params(), ref, each)
+    assert _fused._kernels and not any("_graft_body" in key for key in _fused._kernels)

@@ -30,7 +30,7 @@ FIRST_STEP = {
     "adam": -1e-3 * torch.ones(3, dtype=torch.float64),
     "adamw": -1e-3 * torch.ones(3, dtype=torch.float64),
     "padam": -0.1 * G / G.sqrt().sqrt(),  # p = 1/8: g / (g²)^(1/8), raw
-    "nsf": -1e-3 * _graft(G * G.sqrt(), torch.ones(3, dtype=torch.float64)),  # p(0) = -1/4, Adam's length
+    "nsf": -1e-3 * _graft(G, torch.ones(3, dtype=torch.float64)),  # p(0) = 0: momentum's direction, Adam's length
     "nsf-fixed": -1.0 * G / G.sqrt(),  # p = 1/4, raw
     "nsf-cyclic": -1e-2 * G * G.sqrt(),  # p(0) = -1/4, raw
     "nsf-cyclic-sgd": -1e-2 * _graft(G * G.sqrt(), G),  # p(0) = -1/4, length of m̂
@@ -181,3 +181,18 @@ def test_a_sequence_schedule_round_trips_through_its_text():
     spec = {"name": "nsf", "p": Sequence([(100, Constant(0.5)), (200, Cyclic(-0.25, 0.25, period=50))]), "lr": 0.1}
     text = spec_to_str(spec)
     assert parse_spec(text) == parse_spec(spec)
+
+
+def test_records_pin_the_library_default_so_a_new_default_gets_new_run_ids(monkeypatch):
+    """make_config writes out the p and scale that "nsf" takes from the library defaults: a record of the old
+    default is never reused for a new one. Names whose presets fix p and scale keep their (old) run ids."""
+    from nsf import registry
+    from nsf.experiment.store import make_config, run_id
+    from nsf.optim.defaults import DEFAULT_P, DEFAULT_SCALE
+    cfg = make_config("digits-mlp", "nsf", 1e-3, 0)
+    assert cfg["optimizer"] == {"name": "nsf", "p": DEFAULT_P.to_dict(), "scale": DEFAULT_SCALE}
+    assert make_config("digits-mlp", "nsf:scale=sgd", 1e-3, 0)["optimizer"]["scale"] == "sgd"
+    for name in ("padam", "nsf-fixed", "nsf-cyclic-adam", "adam"):
+        assert make_config("digits-mlp", name, 1e-3, 0)["optimizer"] == {"name": name}
+    monkeypatch.setattr(registry, "DEFAULT_P", nsf.schedules.Cyclic(-0.25, 0.25, period=1000, shape="cosine"))
+    assert run_id(make_config("digits-mlp", "nsf", 1e-3, 0)) != run_id(cfg)

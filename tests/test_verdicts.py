@@ -21,7 +21,7 @@ ARMS = {"SGD-M": ("tuned", 0.1, 1.0, 0.2), "Adam": ("tuned", 1e-3, 0.0, 0.2), "A
 SEEDS = range(6)
 
 
-def _curves(acc_final, steps=40, faster=1.0):
+def _curves(acc_final, steps=40, faster=1.0, scaled=False):
     """Eval curves whose accuracy is a fixed function of the training loss unless ``faster`` != 1 (then the same
     loss comes with ``faster`` x the accuracy gain: a better-aligned optimizer)."""
     s = np.arange(1, steps + 1)
@@ -29,14 +29,14 @@ def _curves(acc_final, steps=40, faster=1.0):
     acc = 0.1 + (acc_final - 0.1) * np.clip(faster * (1 - train / 2.3) / (1 - math.exp(-4)), 0, 1)
     return {"step": s.tolist(), "epoch": (s / 10).tolist(), "frac": (s / steps).tolist(), "train_loss": train.tolist(),
             "loss": (train * 1.1).tolist(), "acc": acc.tolist(), "lr": [0.1] * steps, "p": [None] * steps,
-            "wall": [0.0] * steps}
+            "wall": [0.0] * steps, **({"loss_ts": (train * 0.55).tolist()} if scaled else {})}
 
 
 def _spec(label):
     return {"name": "adam", "eps": 1e-8 * (1 + list(ARMS).index(label))}  # one distinct spec per arm
 
 
-def write_rundir(root, labels=tuple(ARMS), complete=True, rng_seed=0):
+def write_rundir(root, labels=tuple(ARMS), complete=True, rng_seed=0, scaled=False):
     """A fake evidence sweep: suite.json, runs.jsonl (+ curves), decisions.json."""
     from nsf.bench.suites import Suite, suite_to_dict
     rng = np.random.default_rng(rng_seed)
@@ -54,7 +54,7 @@ def write_rundir(root, labels=tuple(ARMS), complete=True, rng_seed=0):
                "final": {"error": err, "acc": 1 - err, "loss": loss, "diverged": False, "steps": 40},
                "wall_s": 1.0, "versions": {"nsf": "test"}}
         lines.append(json.dumps(rec))
-        (root / "curves" / f"{rid}.json").write_text(json.dumps(_curves(1 - err, faster=faster)))
+        (root / "curves" / f"{rid}.json").write_text(json.dumps(_curves(1 - err, faster=faster, scaled=scaled)))
 
     budget_lr = {0.25: 3.0, 0.5: 2.0, 1.0: 1.0}  # the LR is re-tuned per budget
     for label in labels:
@@ -206,10 +206,23 @@ def test_report_of_an_evidence_sweep_lists_verdicts_fsgdm_and_flags(tmp_path):
     md = write_report(d).read_text()
     assert "PARTIAL" not in md and "Verdicts per claim × arm kind" in md
     for text in ("FSGDM", "Padam: edge", "Adam: cap @0.5", "C3 time to target", "P1 **held**", "AdamW − Adam",
-                 "*not* temperature-scaled"):
+                 "match the unscaled test loss"):
         assert text in md, text
+    assert "*T* |" not in md  # these curves hold no temperature-scaled loss
     assert all((d / "plots" / f"{TASK}_evidence_{k}.png").exists() for k in ("budget", "early"))
     assert json.loads((d / "summary.json").read_text())["C1"][0]["verdict"] == "held"
+
+
+def test_alignment_matches_the_temperature_scaled_test_loss_where_curves_record_it(tmp_path):
+    """Amendment 13: C4's test-loss measure uses ``loss_ts`` when every curve of the pair has it (its levels
+    are then those of loss_ts, half the unscaled ones here), and the unscaled loss otherwise."""
+    from nsf.bench import evidence_md as E
+    from nsf.bench.report import load, write_report
+    plain = E.analyse(load(write_rundir(tmp_path / "plain")))["C4"]["rows"][0]["res"]
+    scaled = E.analyse(load(write_rundir(tmp_path / "scaled", scaled=True)))["C4"]["rows"][0]["res"]
+    assert plain["test_key"] == "loss" and scaled["test_key"] == "loss_ts"
+    np.testing.assert_allclose(scaled["test"]["levels"], 0.5 * np.array(plain["test"]["levels"]), rtol=1e-9)
+    assert "*T* |" in write_report(tmp_path / "scaled").read_text()
 
 
 def test_report_of_a_partial_sweep_says_so(tmp_path):

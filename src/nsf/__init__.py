@@ -3,9 +3,10 @@
 from . import schedules
 from .groups import param_groups
 from .optim import FSGDM, NSF
+from .optim.defaults import default_cycle
 from .registry import OPTIMIZERS, create_optimizer, parse_spec
 from .schedules import HyperparamScheduler
 
-__all__ = ["FSGDM", "NSF", "HyperparamScheduler", "OPTIMIZERS", "create_optimizer", "param_groups", "parse_spec",
-           "schedules"]
+__all__ = ["FSGDM", "NSF", "HyperparamScheduler", "OPTIMIZERS", "create_optimizer", "default_cycle", "param_groups",
+           "parse_spec", "schedules"]
 __version__ = "0.1.0"

@@ -20,11 +20,13 @@ import torch
 from . import schedules
 from .groups import param_groups
 from .optim import FSGDM, NSF
-from .optim.defaults import DEFAULT_P
+from .optim.defaults import DEFAULT_P, DEFAULT_SCALE
 
-__all__ = ["OPTIMIZERS", "create_optimizer", "parse_spec", "spec_to_str"]
+__all__ = ["OPTIMIZERS", "create_optimizer", "parse_spec", "pin_defaults", "spec_to_str"]
 
-_CYCLE = DEFAULT_P.to_dict()
+#: the nsf-cyclic* presets: the ±1/4 cosine cycle of the v1 benchmark (issue #4's search), fixed so that those
+#: names keep their meaning when the library default changes ("nsf" is the library default).
+_CYCLE = {"type": "cyclic", "low": -0.25, "high": 0.25, "period": 1000, "shape": "cosine", "phase": 0.0}
 
 #: name -> (constructor, preset options). Options given in the spec or as overrides win over presets.
 OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], dict[str, Any]]] = {
@@ -212,6 +214,20 @@ def parse_spec(spec: str | dict[str, Any]) -> dict[str, Any]:
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
     return {"name": name, **_options(name, options)}
+
+
+def pin_defaults(spec: str | dict[str, Any]) -> dict[str, Any]:
+    """``parse_spec`` with the NSF options that follow the library defaults (``p``, ``scale``) written out.
+
+    Experiment records store this form, so a run id names what ran: when the library default changes,
+    ``"nsf"`` gets new run ids instead of silently reusing records of the old default."""
+    d = parse_spec(spec)
+    factory, preset = OPTIMIZERS[d["name"]]
+    if factory is NSF:
+        for key, default in (("p", DEFAULT_P.to_dict()), ("scale", DEFAULT_SCALE)):
+            if key not in d and key not in preset:
+                d[key] = _options(d["name"], {key: default})[key]
+    return d
 
 
 def _schedule_str(d: dict[str, Any]) -> str:

@@ -246,8 +246,9 @@ def matched_levels(curves: list[dict], key: str, n: int = 3) -> list[float]:
 
 def alignment(nsf: Arm, base: Arm, curves_of, level: float = 0.95) -> dict | None:
     """C4 for one pair: per seed, the mean over matched levels of (NSF − baseline) accuracy at matched training
-    loss and at matched test loss (not temperature-scaled), and the mean accuracy difference over the eval
-    points of the first 20 % of the run; paired t CIs in points.  ``curves_of(record) -> curves``."""
+    loss and at matched test loss (temperature-scaled where the curves record it: ``out["test_key"]``), and the
+    mean accuracy difference over the eval points of the first 20 % of the run; paired t CIs in points.
+    ``curves_of(record) -> curves``."""
     fa, fb = nsf.runs.get(1.0, {}), base.runs.get(1.0, {})
     seeds = sorted(s for s in fa if s in fb and not fa[s]["final"].get("diverged")
                    and not fb[s]["final"].get("diverged"))
@@ -255,7 +256,10 @@ def alignment(nsf: Arm, base: Arm, curves_of, level: float = 0.95) -> dict | Non
         return None
     ca, cb = {s: curves_of(fa[s]) for s in seeds}, {s: curves_of(fb[s]) for s in seeds}
     out = {"seeds": seeds, "level": level}
-    for name, key in (("train", "train_loss"), ("test", "loss")):
+    # the temperature-scaled test loss where every curve has it (runs since amendment 13), else the raw one
+    scaled = all(any(v is not None for v in c.get("loss_ts", [])) for c in [*ca.values(), *cb.values()])
+    out["test_key"] = "loss_ts" if scaled else "loss"
+    for name, key in (("train", "train_loss"), ("test", out["test_key"])):
         levels = matched_levels(list(ca.values()) + list(cb.values()), key)
         per_seed = {}
         for s in seeds:

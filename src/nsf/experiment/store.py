@@ -29,11 +29,11 @@ from nsf.experiment.util import write_json_atomic
 # Identity and storage
 
 def make_config(task: str | Task, spec, lr: float, seed: int, budget: float = 1.0, split: str = "test") -> dict:
-    from nsf.registry import parse_spec
+    from nsf.registry import pin_defaults
     task = get_task(task) if isinstance(task, str) else task
     if split not in ("val", "test"):
         raise ValueError("split must be 'val' or 'test'")
-    opt = parse_spec(spec)
+    opt = pin_defaults(spec)
     opt.pop("lr", None)  # the base LR is a separate, tuned field
     return {"task": task.name, "task_def": task.to_dict(), "optimizer": opt, "lr": float(lr), "seed": int(seed),
             "budget": float(budget), "split": split}

@@ -9,6 +9,9 @@ from torch.optim.optimizer import Optimizer, _get_value, _view_as_real
 
 from ._reference import _compute_dtype, _graft_ratio
 
+#: |p| values with an exact square-root chain (and p = 0, which needs no power at all): multiples of ⅛ up to 1.
+FAST_EXPONENTS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
 _ONE = torch.tensor(1.0)  # the step-count increment, made once (torch's Adam makes it every step)
 
 def _is_dtensor(t: Tensor) -> bool:
@@ -33,20 +36,21 @@ def _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_
 
 
 def _foreach_power(xs: list[Tensor], exponent: float) -> list[Tensor]:
-    """xs ** exponent, as new tensors, with square-root chains for |p| ∈ {¼, ½, ¾, 1} (exact and much cheaper
-    than pow, which costs a log and an exp per element)."""
-    if exponent == 0.5:
-        return torch._foreach_sqrt(xs)
-    if exponent == 0.25:  # one new tensor per input, the second root in place (large allocations are costly)
-        out = torch._foreach_sqrt(xs)
-        torch._foreach_sqrt_(out)
-        return out
-    if exponent == 0.75:
-        out = torch._foreach_sqrt(xs)
-        torch._foreach_mul_(out, torch._foreach_sqrt(out))
-        return out
+    """xs ** exponent, as new tensors, with square-root chains for |p| a multiple of ⅛ up to 1 (exact and much
+    cheaper than pow, which costs a log and an exp per element): the product of the roots x^½, x^¼, x^⅛ that
+    the binary digits of the exponent select."""
     if exponent == 1.0:
         return [x.clone() for x in xs]
+    if exponent in FAST_EXPONENTS:
+        root, out, a, bit = torch._foreach_sqrt(xs), None, exponent, 0.5  # root = x^bit, a new tensor
+        while True:
+            if a >= bit:
+                a -= bit
+                if a == 0:
+                    return root if out is None else (torch._foreach_mul_(out, root) or out)
+                out = [r.clone() for r in root] if out is None else (torch._foreach_mul_(out, root) or out)
+            bit /= 2
+            torch._foreach_sqrt_(root)
     # exp(a·log x) for a > 0 (0 at x = 0, inf at inf): measured ~3× faster than _foreach_pow on cache-sized
     # tensors and no slower on large ones, within a few float ulps of pow
     out = torch._foreach_log(xs)

@@ -4,9 +4,9 @@ Each (parameter list, exponent kind, option set) gets its own compiled graph. Ev
 training — ``p`` (for the general kernels), ``lr``, the betas, the weight decay and the per-tensor bias
 corrections — is a tensor input computed on the device, so a moving ``p`` or an lr schedule never
 recompiles and no step reads a device value on the host. Only the exponent's *kind* is static:
-``|p| ∈ {¼, ½, ¾, 1}`` get square-root chains (exact, no log/exp per element), ``p = 0`` no power at all, and
+``|p|`` a multiple of ⅛ up to 1 gets a square-root chain (exact, no log/exp per element), ``p = 0`` no power at all, and
 every other ``p`` one general kernel per sign with ``|p|`` as a runtime input: per parameter list and option
-set, at most eleven kernels for the raw scale and twenty-two (eleven kinds × two stages) for a grafted one,
+set, at most nineteen kernels for the raw scale and thirty-eight (nineteen kinds × two stages) for a grafted one,
 whatever the p schedule does.
 
 The raw scale is one pass over θ, g, m, v. The grafted scales take two: the per-tensor norms of the new moments'
@@ -29,11 +29,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ._foreach import _group_tensors, _multi_tensor_nsf
+from ._foreach import FAST_EXPONENTS, _group_tensors, _multi_tensor_nsf
 from ._reference import _compute_dtype, _graft_ratio
 
-#: |p| values with an exact square-root chain (and p = 0, which needs no power at all).
-FAST_EXPONENTS = (0.25, 0.5, 0.75, 1.0)
 
 #: torch.compile backend of the fused kernels: "inductor"; the tests also use "eager" (dynamo traces, no C++
 #: compile) and None (the kernels' Python run as it is, no dynamo at all).
@@ -59,7 +57,7 @@ def exponent_kind(p: float) -> str:
 
 
 def is_fast(p: float) -> bool:
-    """True when ``p`` needs no log/exp per element (p = 0 or |p| ∈ {¼, ½, ¾, 1})."""
+    """True when ``p`` needs no log/exp per element (p = 0 or |p| a multiple of ⅛ up to 1)."""
     return not exponent_kind(p).endswith("pow")
 
 
@@ -78,15 +76,19 @@ def check_support(params: list[Tensor]) -> None:
 
 
 def _power(x: Tensor, a: float) -> Tensor:
-    """x ** a for the fast exponents, by square roots."""
-    if a == 0.25:
-        return x.sqrt().sqrt()
-    if a == 0.5:
-        return x.sqrt()
-    if a == 0.75:
-        r = x.sqrt()
-        return r * r.sqrt()
-    return x  # a == 1
+    """x ** a for the fast exponents (multiples of ⅛ up to 1): the product of the roots x^½, x^¼, x^⅛ that
+    the binary digits of ``a`` select, each root taken from the previous one."""
+    if a == 1.0:
+        return x
+    out, root = None, x
+    for bit in (0.5, 0.25, 0.125):
+        root = root.sqrt()
+        if a >= bit:
+            a -= bit
+            out = root if out is None else out * root
+        if a == 0:
+            break
+    return out
 
 
 def _x_pow(x: Tensor, hyper: Tensor, kind: str, cdtype) -> Tensor:

@@ -2,12 +2,17 @@
 
 ``scale="adam"`` with Adam's ``lr=1e-3``, so that swapping ``torch.optim.Adam(params)`` for
 ``nsf.NSF(params)`` keeps the step length (each tensor's step has the length of Adam's; p only turns its
-direction). The ±1/4 cosine cycle of p is the one chosen by the declared search of issue #4 on validation
-splits (docs/RESULTS.md); its period is in optimizer steps because the library cannot know a run's length:
-state it per run with ``Cyclic(-0.25, 0.25, cycles=k, total_steps=T, shape="cosine")``. Provisional: the
-evidence protocol's stage-1 search (docs/RESULTS_evidence.md) ranked cyclic(0, 1/2) sgd-grafted first, 0.0006
-nats of validation loss ahead of the adam-grafted variant, too close to change what ``lr`` means; stage 2
-decides.
+direction, between momentum's (p = 0) and Adam's (p = ½)).
+
+The p cycle, a cosine between 0 and ½, is the evidence protocol's search winner (docs/evidence.md, stage 1:
+p range × scale, then 1/2/4/8 cycles per run, LRs tuned, validation splits only; docs/RESULTS.md): (0, ½)
+beat (−¼, ¼) under every scale, and 2 cycles per run beat 1, 4 and 8. The one deviation from the declared rule
+is the scale: the winner was sgd-grafted, 0.0007 nats of validation loss ahead of adam-grafted, far inside the
+noise, and "adam" keeps Adam's meaning of ``lr`` (drop-in). The cycle is stepped on multiples of ⅛ (square-root
+chains, no log/exp per element): on the search tasks' validation splits that changed the final loss by
+−0.0000 [−0.0021, +0.0021] and −0.0003 [−0.0014, +0.0008] nats (10 seeds, benchmarks/quantized_default.py).
+Its period is in optimizer steps because the library cannot know a run's length; for the searched form, two
+cycles per run, use ``default_cycle(total_steps=T)``.
 """
 from __future__ import annotations
 
@@ -15,16 +20,21 @@ from .. import schedules
 
 #: lr of the default configuration: Adam's learning rate, since DEFAULT_SCALE grafts onto Adam's step length.
 DEFAULT_LR = 1e-3
-#: the default p schedule: a cosine cycle between -1/4 and +1/4.
-DEFAULT_P = schedules.Cyclic(-0.25, 0.25, period=1000, shape="cosine")
+#: the default p schedule: a cosine cycle between 0 and 1/2, stepped on multiples of 1/8.
+DEFAULT_P = schedules.Cyclic(0.0, 0.5, period=1000, shape="cosine", quantize=0.125)
+#: cycles per run of the searched default, for runs whose length is known (``default_cycle(cycles=...)``).
+DEFAULT_CYCLES = 2
 #: the default step-length mode ("raw", "sgd" or "adam").
 DEFAULT_SCALE = "adam"
 
 
 def default_cycle(period: int | None = None, *, cycles: float | None = None,
                   total_steps: int | None = None) -> schedules.Cyclic:
-    """The default p cycle with another period (optimizer steps), or ``cycles`` per run of ``total_steps``."""
+    """The default p cycle with another period (optimizer steps), or ``cycles`` per run of ``total_steps``
+    (``DEFAULT_CYCLES`` unless given: the searched form)."""
     d = DEFAULT_P.to_dict()
+    if total_steps is not None and cycles is None:
+        cycles = DEFAULT_CYCLES
     if cycles is not None:
         del d["period"]
         d.update(cycles=cycles, total_steps=total_steps)

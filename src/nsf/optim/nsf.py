@@ -60,9 +60,10 @@ class NSF(Optimizer):
             ``f(step) -> float`` (works, but is not saved in ``state_dict``). ``group["p"]`` is a 0-dim float64
             tensor holding the value used by the latest step, updated in place, so ``torch.compile`` does not
             recompile as p moves. A fixed p leaves ``group["p"]`` alone, so it can be driven from outside
-            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). Provisional default: a cosine cycle between
-            −¼ and +¼ over 1000 steps; for cycles that complete in your run, state it per run:
-            ``Cyclic(-0.25, 0.25, cycles=k, total_steps=T, shape="cosine")``.
+            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). Default: a cosine cycle between 0
+            (momentum's direction) and ½ (Adam's) over 1000 steps, stepped on multiples of ⅛ (chosen by the
+            evidence protocol's search, ``nsf.optim.defaults``); for the searched form, two cycles that complete
+            in your run of T steps: ``p=nsf.default_cycle(total_steps=T)``.
         scale: ``"raw"``, ``"sgd"`` or ``"adam"`` (default). Complex parameters are, like in Adam, their real
             and imaginary parts as independent coordinates, and one tensor for the grafted norms.
         amsgrad: keep the running max of v and use it for :math:`\hat v` (with fixed ``p`` this is Padam).
@@ -349,7 +350,14 @@ def nsf(
     fused: bool | None = None,
 ) -> None:
     """Functional NSF step (see ``NSF``); ``p`` is a 0-dim tensor."""
-    if params and _use_fused(params, fused, foreach, differentiable, has_complex):
+    fast = params and _use_fused(params, fused, foreach, differentiable, has_complex)
+    if foreach is None:  # unlike torch's Adam, also on the CPU: the foreach path does fewer passes there
+        foreach = not differentiable
+    if (fast or foreach) and scale == "adam" and not torch.compiler.is_compiling() and float(p) == 0.5:
+        # m̂/(√v̂ + ε) grafted onto its own length is Adam's step itself: the fast paths take the raw kernel (one
+        # pass, no norms); the reference path keeps the graft, so the tests prove the two equal
+        scale = "raw"
+    if fast:
         _fused_nsf(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
             p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,
@@ -357,8 +365,6 @@ def nsf(
             capturable=capturable, has_complex=has_complex,
         )
         return
-    if foreach is None:  # unlike torch's Adam, also on the CPU: the foreach path does fewer passes there
-        foreach = not differentiable
     if foreach and not torch.compiler.is_compiling():
         func = _multi_tensor_nsf
     else:  # the reference path; under torch.compile it is traced with p as a tensor input
