@@ -105,3 +105,19 @@ def test_grafted_non_finite_coordinate_is_lost_as_in_adam(plain_kernels, path, s
     opt.step()
     adam.step()
     assert torch.equal(torch.isfinite(theta), torch.isfinite(adam_theta))
+
+
+@pytest.mark.parametrize("bad", [None, float("nan")])
+def test_cpu_foreach_graft_masks_only_when_a_norm_is_not_finite(monkeypatch, bad):
+    """On the CPU (not capturable) the foreach graft takes the plain norms and masks non-finite entries
+    (nan_to_num per tensor, most of a small model's norm cost) only when a norm is not finite."""
+    calls = []
+    real = torch.nan_to_num
+    monkeypatch.setattr(torch, "nan_to_num", lambda *a, **k: calls.append(1) or real(*a, **k))
+    params = _params()
+    opt = nsf.NSF(params, lr=1e-2, p=0.25, scale="adam", foreach=True)
+    _set_grads(params, torch.Generator().manual_seed(1))
+    if bad is not None:
+        params[1].grad[0, 0] = bad
+    opt.step()
+    assert bool(calls) == (bad is not None)

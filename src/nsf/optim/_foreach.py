@@ -115,7 +115,8 @@ def _multi_tensor_nsf(
         m = [t.to(cdtype) for t in d_exp_avgs] if cdtype != sdtype else d_exp_avgs
         v = [t.to(cdtype) for t in v] if cdtype != sdtype else v
         if scale != "raw":
-            d = _foreach_grafted(m, v, d_steps, bc2, p_value, beta1, eps, scale)
+            host_check = not capturable and d_params[0].is_cpu and not _is_dtensor(d_params[0])
+            d = _foreach_grafted(m, v, d_steps, bc2, p_value, beta1, eps, scale, host_check)
         else:
             d = _foreach_raw(d_params, m, v, bc1, bc2, p_value, lr, eps, fold_lr=not (
                 isinstance(lr, Tensor) or capturable))
@@ -163,10 +164,11 @@ def _foreach_raw(params, m, v, bc1, bc2, p_value, lr, eps, fold_lr: bool) -> lis
     return d
 
 
-def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tensor]:
-    """The grafted step per unit lr: ``_reference._graft_terms`` and its ratio in foreach form, entirely on
-    the device (no host read of any norm). Norms are taken over the finite entries in float64, so one NaN/inf
-    gradient coordinate damages only its own coordinate and no norm overflows."""
+def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale, host_check=False) -> list[Tensor]:
+    """The grafted step per unit lr: ``_reference._graft_terms`` and its ratio in foreach form, on the device
+    (no host read of any norm, unless ``host_check``: see ``_finite_norms``). Norms are taken over the finite
+    entries in float64, so one NaN/inf gradient coordinate damages only its own coordinate and no norm
+    overflows."""
     fmax = torch.finfo(m[0].dtype).max
     x = torch._foreach_clamp_max(v, fmax)  # an overflowed v counts as the largest float; NaN stays (masked)
     if scale == "adam":  # m̂/(√v̂ + ε) = r/bc1 with r = m/(√v/√bc2 + ε)
@@ -194,8 +196,8 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tenso
         torch._foreach_mul_(d, m)
     else:
         d = m  # may be the optimizer state itself: scaled out of place below
-    d_norms = _finite_norms(d)
-    r_norms = d_norms if r is d else _finite_norms(r)
+    d_norms = _finite_norms(d, host_check=host_check)
+    r_norms = d_norms if r is d else _finite_norms(r, host_check=host_check)
     counts = torch.stack(steps).to(device=d_norms.device, dtype=torch.float64, non_blocking=True)
     ratios = _graft_ratio(d_norms, r_norms, 1 - beta1**counts).to(m[0].dtype).unbind()  # one cast, not n
     if d is m:
@@ -204,9 +206,16 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale) -> list[Tenso
     return d
 
 
-def _finite_norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = torch.float64) -> Tensor:
+def _finite_norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = torch.float64,
+                  host_check: bool = False) -> Tensor:
     """Per-tensor norms (float64 by default) over the finite entries, stacked on the device; 0 for an empty
-    tensor (whose max-norm torch refuses)."""
+    tensor (whose max-norm torch refuses). ``host_check`` (CPU tensors, not capturable: reading a value there
+    synchronises nothing): take the plain norms, and mask only if one of them is not finite; the per-tensor
+    masking is most of the cost of the norms of a small model."""
+    if host_check:
+        norms = torch.stack(torch._foreach_norm([x if x.numel() else x.new_zeros(1) for x in xs], ord, dtype=dtype))
+        if torch.isfinite(norms).all():  # no non-finite entry anywhere: masking would change nothing
+            return norms
     finite = [torch.nan_to_num(x, 0.0, 0.0, 0.0) if x.numel() else x.new_zeros(1) for x in xs]
     norms = torch.stack(torch._foreach_norm(finite, ord, dtype=dtype))
     return norms.full_tensor() if _is_dtensor(norms) else norms  # FSDP2 shards: the whole tensor's norms
