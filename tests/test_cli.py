@@ -150,8 +150,6 @@ def test_spectrum_out_is_a_file_and_replot_without_data(tmp_path, capsys):
 
 def test_python_dash_m_nsf_is_the_command_with_its_exit_code(tmp_path):
     """scripts/reproduce.sh runs ``$PYTHON -m nsf``: a user error there is one line on stderr and exit code 2."""
-    import subprocess
-    import sys
     r = subprocess.run([sys.executable, "-m", "nsf", "report", str(tmp_path / "nosuch")], capture_output=True,
                        text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nsf report: error:" in r.stderr
