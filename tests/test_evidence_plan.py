@@ -213,3 +213,13 @@ def test_loss_criterion_flags_choices_the_validation_error_cannot_resolve(error_
     tuned = [k for k, v in t.items() if v["kind"] == "tuned"]
     assert all(("within-one-sample" in t[k]["flags"]) == flagged for k in tuned)
     assert all("within-one-sample" not in v["flags"] for v in t.values() if v["kind"] != "tuned")
+
+
+def test_one_validation_sample_of_a_text_task_is_one_character():
+    """The "decided within one validation sample" flag needs the validation size; a text split holds no
+    examples but windows × seq_len characters (this crashed the first stage-2 sweep's final decisions)."""
+    from nsf.experiment.tasks import get_task
+    pl = Planner("evidence", MemoryStore())
+    t = get_task("shakespeare-charlm-short")
+    assert pl.one_sample(t.name) == pytest.approx(1.0 / (t.eval_windows * t.seq_len))
+    assert pl.one_sample("digits-mlp-tiny") == pytest.approx(1.0 / 130)  # 10 % of the 1297 training digits

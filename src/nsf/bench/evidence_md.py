@@ -23,13 +23,9 @@ def is_evidence(dec) -> bool:
 
 def test_size(task: str, data_root: str | None = None) -> int | None:
     """Examples (characters for text) in a task's test set; None where the data cannot be loaded here."""
-    from nsf.experiment.data import prepared
-    from nsf.experiment.tasks import get_task
-    t = get_task(task)
+    from .protocol import eval_size
     try:
-        if t.dataset == "shakespeare":
-            return t.windows("test") * t.seq_len
-        return len(prepared(t.dataset, "test", t.val_frac, "cpu", data_root, t.train_subset).y_test)
+        return eval_size(task, "test", data_root)
     except Exception:  # noqa: BLE001 -- a missing dataset only makes the margin rule conservative
         return None
 

@@ -48,6 +48,15 @@ def summary(recs: list[dict]) -> dict:
     return {"error": sum(err) / len(err), "loss": sum(loss) / len(loss), "diverged": any(bad)}
 
 
+def eval_size(task: str, split: str, data_root: str | None = None) -> int:
+    """Predictions an evaluation on ``split`` averages over: the split's examples, or for text the evaluated
+    characters (windows × sequence length)."""
+    from nsf.experiment.data import prepared
+    t = get_task(task)
+    ds = prepared(t.dataset, split, t.val_frac, "cpu", data_root, t.train_subset)
+    return t.windows(split) * t.seq_len if ds.kind == "text" else len(ds.y_test)
+
+
 class Planner:
     def __init__(self, suite: Suite | str, store: RunStore, retry_failed: bool = False, data_root: str | None = None,
                  announce: bool = False):
@@ -83,12 +92,9 @@ class Planner:
         return self.one_sample(task)
 
     def one_sample(self, task: str) -> float:
-        """1 / the size of the task's validation split."""
+        """1 / the number of predictions the validation error is a mean of (:func:`eval_size`)."""
         if task not in self._resolution:
-            from nsf.experiment.data import prepared
-            t = get_task(task)
-            val = prepared(t.dataset, "val", t.val_frac, "cpu", self.data_root, t.train_subset)
-            self._resolution[task] = 1.0 / len(val.y_test)
+            self._resolution[task] = 1.0 / eval_size(task, "val", self.data_root)
         return self._resolution[task]
 
     # -- memoised pure functions (checking a spec builds an optimizer: too slow to repeat in every plan) -------
