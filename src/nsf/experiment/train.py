@@ -133,7 +133,8 @@ def evaluate(model, ds: D.Dataset, task: Task, full: bool = False, scaled: bool 
 
 class CurveRecorder:
     """Callback of a bench run: mean training loss since the last evaluation, then evaluation loss (also at the
-    best temperature, ``loss_ts``)/accuracy, LR and p at the steps of ``evals``; stops the run (diverged) when the evaluation loss is not finite."""
+    best temperature, ``loss_ts``), accuracy, LR and p at the steps of ``evals``; stops the run (diverged) when
+    the evaluation loss is not finite."""
 
     KEYS = ("step", "epoch", "frac", "train_loss", "loss", "loss_ts", "acc", "lr", "p", "wall")
 

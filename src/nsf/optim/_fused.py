@@ -3,11 +3,11 @@
 Each (parameter list, exponent kind, option set) gets its own compiled graph. Every value that moves during
 training — ``p`` (for the general kernels), ``lr``, the betas, the weight decay and the per-tensor bias
 corrections — is a tensor input computed on the device, so a moving ``p`` or an lr schedule never
-recompiles and no step reads a device value on the host. Only the exponent's *kind* is static:
-``|p|`` a multiple of ⅛ up to 1 gets a square-root chain (exact, no log/exp per element), ``p = 0`` no power at all, and
+recompiles and no step reads a device value on the host. Only the exponent's *kind* is static: ``|p|`` a
+multiple of ⅛ up to 1 gets a square-root chain (exact, no log/exp per element), ``p = 0`` no power at all, and
 every other ``p`` one general kernel per sign with ``|p|`` as a runtime input: per parameter list and option
-set, at most nineteen kernels for the raw scale and thirty-eight (nineteen kinds × two stages) for a grafted one,
-whatever the p schedule does.
+set, at most nineteen kernels for the raw scale and thirty-eight (nineteen kinds × two stages) for a grafted
+one, whatever the p schedule does.
 
 The raw scale is one pass over θ, g, m, v. The grafted scales take two: the per-tensor norms of the new moments'
 direction, reduced inside the kernel (over the finite entries, in float64) without writing anything, then one
