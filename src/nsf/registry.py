@@ -226,7 +226,7 @@ def pin_defaults(spec: str | dict[str, Any]) -> dict[str, Any]:
     if factory is NSF:
         for key, default in (("p", DEFAULT_P.to_dict()), ("scale", DEFAULT_SCALE)):
             if key not in d and key not in preset:
-                d[key] = _options(d["name"], {key: default})[key]
+                d[key] = default  # already canonical: what parse_spec makes of it
     return d
 
 

@@ -111,8 +111,8 @@ class Cyclic(Schedule):
 
     triangle, cosine and square start at ``low`` (square holds ``low`` for the first half period);
     sine starts at the midpoint going up. ``quantize=q`` rounds every value to the nearest multiple of ``q``
-    (a stepped cycle): with ``q = 0.25`` and ``low, high`` in [−1, 1], NSF's p stays on the exact square-root
-    fast paths (|p| ∈ {0, ¼, ½, ¾, 1}) instead of a log and an exp per element.
+    (a stepped cycle): with ``q = 0.125`` (or ¼) and ``low, high`` in [−1, 1], NSF's p stays on the exact
+    square-root fast paths (p = 0 or |p| a multiple of ⅛) instead of a log and an exp per element.
 
     The length of a cycle is either ``period`` (optimizer steps) or relative to the run: ``cycles=k,
     total_steps=T`` runs k whole cycles in T steps (period T/k, not rounded), so the last cycle completes

@@ -212,10 +212,12 @@ def _finite_norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = 
     tensor (whose max-norm torch refuses). ``host_check`` (CPU tensors, not capturable: reading a value there
     synchronises nothing): take the plain norms, and mask only if one of them is not finite; the per-tensor
     masking is most of the cost of the norms of a small model."""
+    def norms_of(ys: list[Tensor]) -> Tensor:
+        return torch.stack(torch._foreach_norm([y if y.numel() else y.new_zeros(1) for y in ys], ord, dtype=dtype))
+
     if host_check:
-        norms = torch.stack(torch._foreach_norm([x if x.numel() else x.new_zeros(1) for x in xs], ord, dtype=dtype))
+        norms = norms_of(xs)
         if torch.isfinite(norms).all():  # no non-finite entry anywhere: masking would change nothing
             return norms
-    finite = [torch.nan_to_num(x, 0.0, 0.0, 0.0) if x.numel() else x.new_zeros(1) for x in xs]
-    norms = torch.stack(torch._foreach_norm(finite, ord, dtype=dtype))
+    norms = norms_of([torch.nan_to_num(x, 0.0, 0.0, 0.0) for x in xs])
     return norms.full_tensor() if _is_dtensor(norms) else norms  # FSDP2 shards: the whole tensor's norms

@@ -77,8 +77,8 @@ class NSF(Optimizer):
         differentiable: allow autograd through the step (single-tensor path).
         fused: the compiled step (``torch.compile`` of the foreach arithmetic: one pass over θ, g, m, v per
             tensor; two for the grafted scales). Every moving value (p, lr, betas, weight decay, bias
-            corrections) is a tensor input, so schedules never recompile; |p| ∈ {¼, ½, ¾, 1} and p = 0 get
-            exact square-root kernels. ``None`` (default) chooses it for a device/dtype group of at least
+            corrections) is a tensor input, so schedules never recompile; p = 0 and |p| a multiple of ⅛ up to 1
+            get exact square-root kernels. ``None`` (default) chooses it for a device/dtype group of at least
             ``AUTO_FUSED_MIN_NUMEL`` (≈ 1 M) elements when ``foreach`` is not given, else foreach.
             ``fused=True`` on a device or dtype it cannot run raises ``RuntimeError``; where compiling fails,
             that optimizer and configuration warn once and use foreach. Complex parameters,

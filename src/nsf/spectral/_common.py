@@ -128,24 +128,23 @@ def map_seeds(fn: Callable, seeds: Sequence[int], workers: int = 1, on_done=None
     after torch has started threads), each worker with this process's torch thread count. ``fn`` must pickle
     (a module-level function or a ``functools.partial`` of one). Every run seeds itself, so the results do not
     depend on ``workers``."""
-    if workers <= 1:
-        out = []
-        for s in seeds:
-            out.append(fn(seed=s))
-            if on_done:
-                on_done()
-        return out
     import functools
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=torch.set_num_threads,
-                             initargs=(torch.get_num_threads(),)) as pool:
+    def collect(results) -> list:
         out = []
-        for r in pool.map(functools.partial(_call_with_seed, fn), seeds):
+        for r in results:
             out.append(r)
             if on_done:
                 on_done()
         return out
+
+    call = functools.partial(_call_with_seed, fn)
+    if workers <= 1:
+        return collect(map(call, seeds))
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=torch.set_num_threads,
+                             initargs=(torch.get_num_threads(),)) as pool:
+        return collect(pool.map(call, seeds))
 
