@@ -107,6 +107,27 @@ def test_grafted_non_finite_coordinate_is_lost_as_in_adam(plain_kernels, path, s
     assert torch.equal(torch.isfinite(theta), torch.isfinite(adam_theta))
 
 
+@pytest.mark.parametrize("scale", ["sgd", "adam"])
+@pytest.mark.parametrize("magnitude", [1e-24, 1e25])
+def test_cpu_foreach_graft_norms_survive_float32_underflow_and_overflow(scale, magnitude):
+    """The CPU foreach graft takes float32 norms where they are exact enough: gradients of 1e-24 (squares below
+    the smallest float32) or 1e25 (squares above the largest) must still give the reference's step, not a
+    zero step or none. θ starts at 0 so that a step of 1e-26 is visible."""
+    runs = {}
+    for path in ("single", "foreach"):
+        theta = [torch.zeros(50), torch.zeros(7, 3)]
+        opt = nsf.NSF(theta, lr=1e-2, p=0.25, scale=scale, **PATHS[path])
+        g = torch.Generator().manual_seed(3)
+        for _ in range(3):
+            for q in theta:
+                q.grad = torch.randn(q.shape, generator=g) * magnitude
+            opt.step()
+        runs[path] = theta
+    for ref, got in zip(runs["single"], runs["foreach"]):
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=0)
+
+
 @pytest.mark.parametrize("bad", [None, float("nan")])
 def test_cpu_foreach_graft_masks_only_when_a_norm_is_not_finite(monkeypatch, bad):
     """On the CPU (not capturable) the foreach graft takes the plain norms and masks non-finite entries

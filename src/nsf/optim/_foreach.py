@@ -35,22 +35,28 @@ def _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_
     return out
 
 
-def _foreach_power(xs: list[Tensor], exponent: float) -> list[Tensor]:
+def _foreach_power(xs: list[Tensor], exponent: float, root: list[Tensor] | None = None) -> list[Tensor]:
     """xs ** exponent, as new tensors, with square-root chains for |p| a multiple of ⅛ up to 1 (exact and much
     cheaper than pow, which costs a log and an exp per element): the product of the roots x^½, x^¼, x^⅛ that
-    the binary digits of the exponent select."""
+    the binary digits of the exponent select. ``root``: xs^½ already taken by the caller (read, not changed)."""
     if exponent == 1.0:
         return [x.clone() for x in xs]
     if exponent in FAST_EXPONENTS:
-        root, out, a, bit = torch._foreach_sqrt(xs), None, exponent, 0.5  # root = x^bit, a new tensor
+        shared = root is not None
+        root = root if shared else torch._foreach_sqrt(xs)  # x^bit; ours to change unless shared
+        out, a, bit = None, exponent, 0.5
         while True:
             if a >= bit:
                 a -= bit
+                if out is None:
+                    out = [r.clone() for r in root] if a or shared else root
+                else:
+                    torch._foreach_mul_(out, root)
                 if a == 0:
-                    return root if out is None else (torch._foreach_mul_(out, root) or out)
-                out = [r.clone() for r in root] if out is None else (torch._foreach_mul_(out, root) or out)
+                    return out
             bit /= 2
-            torch._foreach_sqrt_(root)
+            root = torch._foreach_sqrt(root) if shared else (torch._foreach_sqrt_(root) or root)
+            shared = False
     # exp(a·log x) for a > 0 (0 at x = 0, inf at inf): measured ~3× faster than _foreach_pow on cache-sized
     # tensors and no slower on large ones, within a few float ulps of pow
     out = torch._foreach_log(xs)
@@ -167,24 +173,15 @@ def _foreach_raw(params, m, v, bc1, bc2, p_value, lr, eps, fold_lr: bool) -> lis
 def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale, host_check=False) -> list[Tensor]:
     """The grafted step per unit lr: ``_reference._graft_terms`` and its ratio in foreach form, on the device
     (no host read of any norm, unless ``host_check``: see ``_finite_norms``). Norms are taken over the finite
-    entries in float64, so one NaN/inf gradient coordinate damages only its own coordinate and no norm
-    overflows."""
+    entries, so one NaN/inf gradient coordinate damages only its own coordinate and no norm overflows."""
     fmax = torch.finfo(m[0].dtype).max
     x = torch._foreach_clamp_max(v, fmax)  # an overflowed v counts as the largest float; NaN stays (masked)
-    if scale == "adam":  # m̂/(√v̂ + ε) = r/bc1 with r = m/(√v/√bc2 + ε)
-        r = torch._foreach_sqrt(x)
-        torch._foreach_div_(r, [b**0.5 for b in bc2])
-        torch._foreach_add_(r, eps)
-        torch._foreach_reciprocal_(r)  # then × m, in place: no second large allocation
-        torch._foreach_mul_(r, m)
-    else:
-        r = m
     a = abs(p_value)
-    if p_value > 0:  # d = m·q, q = 1/(v^p + ε·bc2^p)
-        d = _foreach_power(x, a)
+    root = torch._foreach_sqrt(x) if scale == "adam" else None  # √x: Adam's denominator and the chains' first root
+    if p_value > 0:  # d = m/(v^p + ε·bc2^p)
+        d = _foreach_power(x, a, root)
         torch._foreach_add_(d, [eps * b**a for b in bc2])
-        torch._foreach_reciprocal_(d)
-        torch._foreach_mul_(d, m)
+        d = torch._foreach_div(m, d)
     elif p_value < 0:  # d = m·(v/k)^|p|, k the largest v where m is finite: |d| ≤ |m|
         # over the good coordinates, as the reference: x + 0·m is x where m is finite and NaN where it is not
         # (x ≤ the largest float, never inf); isfinite and where were measured 10× slower than this on the CPU
@@ -192,10 +189,16 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale, host_check=Fa
         torch._foreach_add_(masked, x)
         tops = _finite_norms(masked, float("inf"), None)  # x ≥ 0: the largest good x
         torch._foreach_div_(x, torch.where(tops > 0, tops, 1).unbind())
-        d = _foreach_power(x, a)
+        d = _foreach_power(x, a)  # of x/k: √x itself is not shared
         torch._foreach_mul_(d, m)
     else:
         d = m  # may be the optimizer state itself: scaled out of place below
+    if scale == "adam":  # m̂/(√v̂ + ε) = r/bc1 with r = m/(√v/√bc2 + ε); root is free once d is formed
+        torch._foreach_div_(root, [b**0.5 for b in bc2])
+        torch._foreach_add_(root, eps)
+        r = torch._foreach_div(m, root)
+    else:
+        r = m
     d_norms = _finite_norms(d, host_check=host_check)
     r_norms = d_norms if r is d else _finite_norms(r, host_check=host_check)
     counts = torch.stack(steps).to(device=d_norms.device, dtype=torch.float64, non_blocking=True)
@@ -206,18 +209,28 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale, host_check=Fa
     return d
 
 
+#: ``_finite_norms(host_check=True)`` takes a tensor's plain norm, in its own dtype, when the norm is finite and
+#: at least this many times √(smallest normal): squares below the smallest normal lose precision, and above
+#: this bound all of them together (n · tiny) weigh less than 1e-7 of the norm² for n ≤ 10⁷
+_PLAIN_NORM_MARGIN = 1e7
+
+
 def _finite_norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = torch.float64,
                   host_check: bool = False) -> Tensor:
     """Per-tensor norms (float64 by default) over the finite entries, stacked on the device; 0 for an empty
     tensor (whose max-norm torch refuses). ``host_check`` (CPU tensors, not capturable: reading a value there
-    synchronises nothing): take the plain norms, and mask only if one of them is not finite; the per-tensor
-    masking is most of the cost of the norms of a small model."""
-    def norms_of(ys: list[Tensor]) -> Tensor:
+    synchronises nothing): take the plain norms in the tensors' own dtype, and redo in float64 over the finite
+    entries only those that are not finite or so small that their squares may have lost precision; the
+    masking and the float64 copies are most of the cost of the norms of a small model."""
+    def norms_of(ys: list[Tensor], dtype) -> Tensor:
         return torch.stack(torch._foreach_norm([y if y.numel() else y.new_zeros(1) for y in ys], ord, dtype=dtype))
 
     if host_check:
-        norms = norms_of(xs)
-        if torch.isfinite(norms).all():  # no non-finite entry anywhere: masking would change nothing
-            return norms
-    norms = norms_of([torch.nan_to_num(x, 0.0, 0.0, 0.0) for x in xs])
+        norms = norms_of(xs, None).to(dtype or xs[0].dtype)
+        low = torch.finfo(xs[0].dtype).tiny ** 0.5 * _PLAIN_NORM_MARGIN
+        redo = [i for i, n in enumerate(norms.tolist()) if not low <= n < float("inf")]
+        if redo:
+            norms[redo] = norms_of([torch.nan_to_num(xs[i], 0.0, 0.0, 0.0) for i in redo], dtype)
+        return norms
+    norms = norms_of([torch.nan_to_num(x, 0.0, 0.0, 0.0) for x in xs], dtype)
     return norms.full_tensor() if _is_dtensor(norms) else norms  # FSDP2 shards: the whole tensor's norms
