@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _get_value, _view_as_real
 
-from ._reference import _compute_dtype, _graft_ratio
+from ._reference import _compute_dtype, _graft_ratio, _graft_ratio_host
 
 #: |p| values with an exact square-root chain (and p = 0, which needs no power at all): multiples of ⅛ up to 1.
 FAST_EXPONENTS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
@@ -122,7 +122,7 @@ def _multi_tensor_nsf(
         v = [t.to(cdtype) for t in v] if cdtype != sdtype else v
         if scale != "raw":
             host_check = not capturable and d_params[0].is_cpu and not _is_dtensor(d_params[0])
-            d = _foreach_grafted(m, v, d_steps, bc2, p_value, beta1, eps, scale, host_check)
+            d = _foreach_grafted(m, v, bc1, bc2, p_value, eps, scale, host_check)
         else:
             d = _foreach_raw(d_params, m, v, bc1, bc2, p_value, lr, eps, fold_lr=not (
                 isinstance(lr, Tensor) or capturable))
@@ -170,10 +170,12 @@ def _foreach_raw(params, m, v, bc1, bc2, p_value, lr, eps, fold_lr: bool) -> lis
     return d
 
 
-def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale, host_check=False) -> list[Tensor]:
-    """The grafted step per unit lr: ``_reference._graft_terms`` and its ratio in foreach form, on the device
-    (no host read of any norm, unless ``host_check``: see ``_finite_norms``). Norms are taken over the finite
-    entries, so one NaN/inf gradient coordinate damages only its own coordinate and no norm overflows."""
+def _foreach_grafted(m, v, bc1, bc2, p_value, eps, scale, host_check=False) -> list[Tensor]:
+    """The grafted step per unit lr: ``_reference._graft_terms`` and its ratio in foreach form. Norms are taken
+    over the finite entries, so one NaN/inf gradient coordinate damages only its own coordinate and no norm
+    overflows. On the device no norm is read on the host; with ``host_check`` (CPU tensors, not capturable:
+    reading a value there synchronises nothing) the norms are read once and the per-tensor factors formed in
+    Python (``_host_norms``), which spares a small model a dozen tiny tensor operations per step."""
     fmax = torch.finfo(m[0].dtype).max
     x = torch._foreach_clamp_max(v, fmax)  # an overflowed v counts as the largest float; NaN stays (masked)
     a = abs(p_value)
@@ -193,44 +195,62 @@ def _foreach_grafted(m, v, steps, bc2, p_value, beta1, eps, scale, host_check=Fa
         torch._foreach_mul_(d, m)
     else:
         d = m  # may be the optimizer state itself: scaled out of place below
-    if scale == "adam":  # m̂/(√v̂ + ε) = r/bc1 with r = m/(√v/√bc2 + ε); root is free once d is formed
-        torch._foreach_div_(root, [b**0.5 for b in bc2])
-        torch._foreach_add_(root, eps)
+    if scale == "adam":  # m̂/(√v̂ + ε) = r/bc1 with r = √bc2 · m/(√v + ε√bc2); root is free once d is formed
+        torch._foreach_add_(root, [eps * b**0.5 for b in bc2])
         r = torch._foreach_div(m, root)
+        r_scale = [b**0.5 for b in bc2]  # applied to ‖·‖: one operation per tensor fewer
     else:
-        r = m
-    d_norms = _finite_norms(d, host_check=host_check)
-    r_norms = d_norms if r is d else _finite_norms(r, host_check=host_check)
-    counts = torch.stack(steps).to(device=d_norms.device, dtype=torch.float64, non_blocking=True)
-    ratios = _graft_ratio(d_norms, r_norms, 1 - beta1**counts).to(m[0].dtype).unbind()  # one cast, not n
+        r, r_scale = m, None
+    if host_check:
+        norms = _host_norms(d if r is d else [*d, *r])  # one read: ‖d_i‖, then ‖r_i‖ unless r is d
+        d_norms, r_norms = norms[:len(d)], (norms if r is d else norms[len(d):])
+        if r_scale is not None:
+            r_norms = [n * c for n, c in zip(r_norms, r_scale)]
+        ratios = [_graft_ratio_host(dn, rn, b) for dn, rn, b in zip(d_norms, r_norms, bc1)]
+    else:
+        d_norms = _finite_norms(d)
+        r_norms = d_norms if r is d else _finite_norms(r)
+        if r_scale is not None:
+            r_norms = r_norms * _stacked(r_scale, r_norms.device)
+        ratios = _graft_ratio(d_norms, r_norms, _stacked(bc1, d_norms.device)).to(m[0].dtype).unbind()
     if d is m:
         return list(torch._foreach_mul(m, ratios))
     torch._foreach_mul_(d, ratios)
     return d
 
 
-#: ``_finite_norms(host_check=True)`` takes a tensor's plain norm, in its own dtype, when the norm is finite and
-#: at least this many times √(smallest normal): squares below the smallest normal lose precision, and above
-#: this bound all of them together (n · tiny) weigh less than 1e-7 of the norm² for n ≤ 10⁷
+def _stacked(values: list, device) -> Tensor:
+    """Per-tensor scalars (host numbers, or 0-dim tensors where the counts live on the device) as one float64
+    vector on ``device``."""
+    t = torch.stack(values) if isinstance(values[0], Tensor) else torch.tensor(values, dtype=torch.float64)
+    return t.to(device=device, dtype=torch.float64, non_blocking=True)
+
+
+#: ``_host_norms`` takes a tensor's plain norm, in its own dtype, when the norm is finite and at least this many
+#: times √(smallest normal): squares below the smallest normal lose precision, and above this bound all of them
+#: together (n · tiny) weigh less than 1e-7 of the norm² for n ≤ 10⁷
 _PLAIN_NORM_MARGIN = 1e7
 
 
-def _finite_norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = torch.float64,
-                  host_check: bool = False) -> Tensor:
-    """Per-tensor norms (float64 by default) over the finite entries, stacked on the device; 0 for an empty
-    tensor (whose max-norm torch refuses). ``host_check`` (CPU tensors, not capturable: reading a value there
-    synchronises nothing): take the plain norms in the tensors' own dtype, and redo in float64 over the finite
-    entries only those that are not finite or so small that their squares may have lost precision; the
-    masking and the float64 copies are most of the cost of the norms of a small model."""
-    def norms_of(ys: list[Tensor], dtype) -> Tensor:
-        return torch.stack(torch._foreach_norm([y if y.numel() else y.new_zeros(1) for y in ys], ord, dtype=dtype))
+def _norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """Per-tensor norms stacked; 0 for an empty tensor (whose max-norm torch refuses)."""
+    return torch.stack(torch._foreach_norm([x if x.numel() else x.new_zeros(1) for x in xs], ord, dtype=dtype))
 
-    if host_check:
-        norms = norms_of(xs, None).to(dtype or xs[0].dtype)
-        low = torch.finfo(xs[0].dtype).tiny ** 0.5 * _PLAIN_NORM_MARGIN
-        redo = [i for i, n in enumerate(norms.tolist()) if not low <= n < float("inf")]
-        if redo:
-            norms[redo] = norms_of([torch.nan_to_num(xs[i], 0.0, 0.0, 0.0) for i in redo], dtype)
-        return norms
-    norms = norms_of([torch.nan_to_num(x, 0.0, 0.0, 0.0) for x in xs], dtype)
+
+def _finite_norms(xs: list[Tensor], ord: float = 2, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """Per-tensor norms (float64 by default) over the finite entries, stacked on the device, read nowhere."""
+    norms = _norms([torch.nan_to_num(x, 0.0, 0.0, 0.0) for x in xs], ord, dtype)
     return norms.full_tensor() if _is_dtensor(norms) else norms  # FSDP2 shards: the whole tensor's norms
+
+
+def _host_norms(xs: list[Tensor]) -> list[float]:
+    """``_finite_norms`` read on the host (CPU tensors only): the plain norms in the tensors' own dtype, redone
+    in float64 over the finite entries only for those that are not finite or so small that their squares may
+    have lost precision; the masking and the float64 copies are most of the cost of a small model's norms."""
+    norms = _norms(xs, dtype=None).tolist()
+    low = torch.finfo(xs[0].dtype).tiny ** 0.5 * _PLAIN_NORM_MARGIN
+    redo = [i for i, n in enumerate(norms) if not low <= n < float("inf")]
+    if redo:
+        for i, n in zip(redo, _finite_norms([xs[i] for i in redo]).tolist()):
+            norms[i] = n
+    return norms

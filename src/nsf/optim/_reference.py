@@ -5,6 +5,8 @@ and is proven equal to it by the tests (tests/test_optim_reference.py, tests/tes
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_value
@@ -56,6 +58,12 @@ def _graft_ratio(d_norm: Tensor, r_norm: Tensor, bc1) -> Tensor:
     ok = torch.isfinite(d_norm) & torch.isfinite(r_norm) & (d_norm > 0) & (r_norm > 0)
     one = torch.ones_like(d_norm)
     return torch.where(ok, r_norm / torch.where(ok, d_norm, one) / bc1, 0 * one)
+
+
+def _graft_ratio_host(d_norm: float, r_norm: float, bc1: float) -> float:
+    """``_graft_ratio`` of host numbers, the same float64 arithmetic (for paths that read the norms anyway)."""
+    ok = math.isfinite(d_norm) and math.isfinite(r_norm) and d_norm > 0 and r_norm > 0
+    return r_norm / d_norm / bc1 if ok else 0.0
 
 
 def _reference_step(m: Tensor, v: Tensor, bc1, bc2, p: Tensor, eps: float, scale: str) -> Tensor:
