@@ -107,6 +107,39 @@ def test_grafted_non_finite_coordinate_is_lost_as_in_adam(plain_kernels, path, s
     assert torch.equal(torch.isfinite(theta), torch.isfinite(adam_theta))
 
 
+def test_host_graft_ratio_decides_as_the_device_one():
+    """The CPU foreach graft forms its factors from host numbers: the same float64 arithmetic and the same
+    zero for a zero, NaN or infinite norm as ``_graft_ratio`` on tensors."""
+    from nsf.optim._reference import _graft_ratio, _graft_ratio_host
+    values = [0.0, 1e-300, 3e-8, 0.7, 1.0, 12.5, 1e300, float("inf"), float("nan")]
+    pairs = [(a, b) for a in values for b in values]
+    d = torch.tensor([a for a, _ in pairs], dtype=torch.float64)
+    r = torch.tensor([b for _, b in pairs], dtype=torch.float64)
+    device = _graft_ratio(d, r, torch.full_like(d, 0.19)).tolist()
+    host = [_graft_ratio_host(a, b, 0.19) for a, b in pairs]
+    assert host == device
+
+
+@pytest.mark.parametrize("scale", ["sgd", "adam"])
+@pytest.mark.parametrize("p", [0.0, 0.25, -0.37])
+def test_cpu_foreach_graft_host_factors_equal_device_factors(scale, p):
+    """The CPU path (norms read on the host) and the device path (capturable: no host read) take the same
+    step, to float32 rounding of the norms."""
+    updates = []
+    for capturable in (False, True):
+        params = _params(seed=2)
+        start = [q.detach().clone() for q in params]
+        opt = nsf.NSF(params, lr=1e-2, p=p, scale=scale, foreach=True, capturable=capturable)
+        g = torch.Generator().manual_seed(4)
+        for _ in range(3):
+            _set_grads(params, g)
+            opt.step()
+        updates.append([(q.detach() - q0).double() for q, q0 in zip(params, start)])
+    for a, b in zip(*updates):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * a.abs().max().item())
+
+
 @pytest.mark.parametrize("scale", ["sgd", "adam"])
 @pytest.mark.parametrize("magnitude", [1e-24, 1e25])
 def test_cpu_foreach_graft_norms_survive_float32_underflow_and_overflow(scale, magnitude):
