@@ -26,6 +26,15 @@ def test_spectral_classification_data_uses_training_row_statistics_only():
     assert len(d["y_tr"]) + len(d["y_val"]) == len(D.load("digits").y_train)
 
 
+def test_demo_default_nsf_completes_its_p_cycles():
+    """The demo's "nsf" runs the library default's cycle within the run (two cosine cycles between 0 and ½),
+    not the first few percent of the fixed 1000-step period."""
+    from nsf import demo
+    r = demo.train_digits("nsf", epochs=1)
+    assert r["p_range"] == (0.0, 0.5)
+    assert r["spec"] == "nsf (2 cycles)"
+
+
 def test_demo_uses_the_benchmark_digits_split():
     pytest.importorskip("sklearn")
     from nsf import demo

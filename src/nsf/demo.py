@@ -15,10 +15,17 @@ from .experiment import models as M
 from .experiment.metrics import classification_metrics
 from .experiment.tasks import get_task
 from .experiment.train import fit, shuffled_batches
-from .registry import create_optimizer, spec_to_str
+from .optim.defaults import DEFAULT_CYCLES, default_cycle
+from .registry import create_optimizer, parse_spec, spec_to_str
 
 DEMO_SPECS = ["sgd", "adam", "nsf", "nsf-cyclic-adam"]
 TASK = "digits-mlp"
+
+
+def _default_p(spec: str, steps: int) -> dict:
+    """The library default ("nsf") as the evidence search ran it: its p cycle completed within the run
+    (``default_cycle(total_steps=...)``), not stopped part way by the fixed 1000-step period."""
+    return {"p": default_cycle(total_steps=steps)} if parse_spec(spec) == {"name": "nsf"} else {}
 
 
 def train_digits(spec: str, epochs: int = 20, seed: int = 0) -> dict:
@@ -27,7 +34,8 @@ def train_digits(spec: str, epochs: int = 20, seed: int = 0) -> dict:
     ds = D.prepared(task.dataset, "test", task.val_frac)
     torch.manual_seed(seed)
     model = M.build(task.model, tuple(ds.x_train.shape[1:]), ds.n_classes, **task.model_kw)
-    opt = create_optimizer(spec, model.parameters())
+    steps = epochs * task.epoch_steps(len(ds.y_train))
+    opt = create_optimizer(spec, model.parameters(), total_steps=steps, **_default_p(spec, steps))
     p_trace = []
 
     def trace_p(step, model, loss):
@@ -36,11 +44,11 @@ def train_digits(spec: str, epochs: int = 20, seed: int = 0) -> dict:
 
     start = time.perf_counter()
     batches = shuffled_batches(ds.x_train, ds.y_train, task.batch_size, torch.Generator().manual_seed(seed))
-    fit(model, opt, batches, epochs * task.epoch_steps(len(ds.y_train)), callbacks=[trace_p])
+    fit(model, opt, batches, steps, callbacks=[trace_p])
     with torch.no_grad():
         m = classification_metrics(model(ds.x_test), ds.y_test)
     return {
-        "spec": spec_to_str(spec),
+        "spec": spec_to_str(spec) + (f" ({DEFAULT_CYCLES} cycles)" if _default_p(spec, steps) else ""),
         "test_acc": m["acc"],
         "test_loss": m["loss"],
         "p_range": (min(p_trace), max(p_trace)) if p_trace else None,
