@@ -66,6 +66,7 @@ class Planner:
         the estimated total number of runs once the search is decided."""
         self.announce = announce
         self._memo: dict = {}
+        self._ids: dict[int, tuple[dict, str]] = {}
         self.suite = get_suite(suite) if isinstance(suite, str) else suite
         self.store = store
         self.data_root = data_root
@@ -78,7 +79,12 @@ class Planner:
         return None if r is not None and self._stale.get(rid) is r else r
 
     def rec(self, config: dict) -> dict | None:
-        return self._get(run_id(config))
+        """The finished record of ``config``; its run id is hashed once per config object (the planner's configs
+        are memoised and never mutated, and the whole plan is recomputed after every finished run)."""
+        hit = self._ids.get(id(config))
+        if hit is None or hit[0] is not config:
+            hit = self._ids[id(config)] = (config, run_id(config))  # the config is kept: its id is not reused
+        return self._get(hit[1])
 
     # -- LR tuning -----------------------------------------------------------------------------------------
     def criterion(self, task: str) -> str:
@@ -99,7 +105,8 @@ class Planner:
 
     # -- memoised pure functions (checking a spec builds an optimizer: too slow to repeat in every plan) -------
     def _cached(self, f, *args):
-        k = (f.__name__,) + tuple(json.dumps(a, sort_keys=True) for a in args)
+        k = (f.__name__,) + tuple(a if isinstance(a, (str, int, float)) else json.dumps(a, sort_keys=True)
+                                  for a in args)  # numbers as themselves: each function takes floats as floats
         if k not in self._memo:
             self._memo[k] = f(*args)
         return self._memo[k]
