@@ -175,7 +175,7 @@ def _foreach_grafted(m, v, bc1, bc2, p_value, eps, scale, host_check=False) -> l
     over the finite entries, so one NaN/inf gradient coordinate damages only its own coordinate and no norm
     overflows. On the device no norm is read on the host; with ``host_check`` (CPU tensors, not capturable:
     reading a value there synchronises nothing) the norms are read once and the per-tensor factors formed in
-    Python (``_host_norms``), which spares a small model a dozen tiny tensor operations per step."""
+    Python (``_host_norms``), which spares a small model some twenty tiny tensor operations per step."""
     fmax = torch.finfo(m[0].dtype).max
     x = torch._foreach_clamp_max(v, fmax)  # an overflowed v counts as the largest float; NaN stays (masked)
     a = abs(p_value)
