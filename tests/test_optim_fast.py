@@ -1,5 +1,6 @@
-"""The fast paths: square-root chains for |p| ∈ {¼, ½, ¾, 1}, the fused (torch.compile) step, its automatic choice
-and fallback, and stepped (quantised) cycles. Every fast path equals the single-tensor reference."""
+"""The fast paths: square-root chains for |p| a multiple of ⅛ up to 1, the fused (torch.compile) step, its
+automatic choice and fallback, and stepped (quantised) cycles. Every fast path equals the single-tensor
+reference."""
 
 from __future__ import annotations
 
