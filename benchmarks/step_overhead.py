@@ -32,6 +32,7 @@ DEFAULT_10 = default_cycle(10)  # the default cycle shortened so that every p it
 P_VALUES = [("½", 0.5), ("¼", 0.25), ("⅜", 0.375), ("−¼", -0.25), ("−0.37", -0.37), ("default", "default"),
             ("cyclic ±¼", CYCLIC), ("stepped ±¼", STEPPED)]
 BYTES_PER_ELEMENT = 7 * 4
+WARMUP_STEPS = 10  # the period of CYCLIC, STEPPED and DEFAULT_10
 
 
 def make_params(n_params: float, seed: int = 0, device: str = "cpu") -> list[torch.Tensor]:
@@ -117,7 +118,9 @@ def bench_size(n_params: float, args, configs) -> dict:
     for label, factory in configs.items():
         optimizers[label] = factory(params, 1e-3)
         t = time.perf_counter()
-        time_steps(optimizers[label], 3, args.device)  # warm-up: lazy state, allocator, compiles
+        # warm-up over one whole period of the cycled configurations (10 steps), so that every p kind they
+        # visit is compiled before timing: lazy state, allocator, compiles
+        time_steps(optimizers[label], WARMUP_STEPS, args.device)
         compile_s[label] = time.perf_counter() - t
     probe = CopyProbe(n, args.device)
     time_steps(probe, 2, args.device)
