@@ -35,7 +35,8 @@ def train_digits(spec: str, epochs: int = 20, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     model = M.build(task.model, tuple(ds.x_train.shape[1:]), ds.n_classes, **task.model_kw)
     steps = epochs * task.epoch_steps(len(ds.y_train))
-    opt = create_optimizer(spec, model.parameters(), total_steps=steps, **_default_p(spec, steps))
+    default_p = _default_p(spec, steps)
+    opt = create_optimizer(spec, model.parameters(), total_steps=steps, **default_p)
     p_trace = []
 
     def trace_p(step, model, loss):
@@ -48,7 +49,7 @@ def train_digits(spec: str, epochs: int = 20, seed: int = 0) -> dict:
     with torch.no_grad():
         m = classification_metrics(model(ds.x_test), ds.y_test)
     return {
-        "spec": spec_to_str(spec) + (f" ({DEFAULT_CYCLES} cycles)" if _default_p(spec, steps) else ""),
+        "spec": spec_to_str(spec) + (f" ({DEFAULT_CYCLES} cycles)" if default_p else ""),
         "test_acc": m["acc"],
         "test_loss": m["loss"],
         "p_range": (min(p_trace), max(p_trace)) if p_trace else None,
