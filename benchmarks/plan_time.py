@@ -7,9 +7,9 @@ import statistics
 import sys
 import time
 
-from nsf.bench.protocol import Planner
-from nsf.bench.suites import suite_from_dict
-from nsf.experiment.sweep import Sweep
+from nsf_lab.bench.protocol import Planner
+from nsf_lab.bench.suites import suite_from_dict
+from nsf_lab.experiment.sweep import Sweep
 
 sweep = Sweep.open(sys.argv[1] if len(sys.argv) > 1 else "runs/evidence")
 planner = Planner(suite_from_dict(sweep.suite), sweep.store)

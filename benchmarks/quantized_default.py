@@ -17,10 +17,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nsf.experiment import stats as S
-from nsf.experiment.store import make_config, run_id
-from nsf.experiment.sweep import InlineEngine, PoolEngine, Sweep, drive
-from nsf.experiment.util import write_json_atomic
+from nsf_lab.experiment import stats as S
+from nsf_lab.experiment.store import make_config, run_id
+from nsf_lab.experiment.sweep import InlineEngine, PoolEngine, Sweep, drive
+from nsf_lab.experiment.util import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHIVE = ROOT / "benchmarks/results/evidence_rundir.tar.gz"

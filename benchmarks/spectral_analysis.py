@@ -10,8 +10,8 @@ Reads ``response.json``, ``fprinciple.json``, ``filtering.json`` and ``alignment
 * R4 ``alignment``: accuracy-at-matched-test-loss tables, Welch differences and the count of p < 0.05;
 * the wall time of each run (``/usr/bin/time -v`` output in ``RUN_DIR/<instrument>.err``, if present).
 
-"±" is the stored 95 % t half-width over seeds (``nsf.experiment.stats.mean_ci``); differences are Welch
-t-intervals (95 %) of the difference of seed means (``nsf.experiment.stats.welch``, the same numbers as
+"±" is the stored 95 % t half-width over seeds (``nsf_lab.experiment.stats.mean_ci``); differences are Welch
+t-intervals (95 %) of the difference of seed means (``nsf_lab.experiment.stats.welch``, the same numbers as
 ``scipy.stats.ttest_ind(equal_var=False)``).
 
     python benchmarks/spectral_analysis.py --run-dir runs/spectral_final
@@ -25,12 +25,12 @@ import re
 
 import numpy as np
 
-from nsf.experiment import stats
-from nsf.spectral._common import first_index_below
-from nsf.spectral.alignment import accuracy_at_loss
-from nsf.spectral.filtering import _at_levels
-from nsf.spectral.fprinciple import centroid
-from nsf.spectral.response import high_freq_mask
+from nsf_lab.experiment import stats
+from nsf_lab.spectral._common import first_index_below
+from nsf_lab.spectral.alignment import accuracy_at_loss
+from nsf_lab.spectral.filtering import _at_levels
+from nsf_lab.spectral.fprinciple import centroid
+from nsf_lab.spectral.response import high_freq_mask
 
 NAMES = {"sgd": "SGD-m (torch)", "adam": "Adam (torch)"}
 

@@ -209,10 +209,10 @@ def stages(args) -> dict:
 # --- end to end: the Fashion-MNIST CNN of the benchmark suite ----------------------------------------------------
 
 def e2e(args) -> dict:
-    from nsf.experiment.models import build
+    from nsf_lab.experiment.models import build
 
     try:
-        from nsf.experiment.data import load_idx_pair
+        from nsf_lab.experiment.data import load_idx_pair
         ds = load_idx_pair("/usr/share/datasets/fashion-mnist", name="fashion-mnist")
         x_all, y_all, source = ds.x_train[:8192], ds.y_train[:8192], "fashion-mnist"
     except Exception:  # not installed: same shapes, synthetic

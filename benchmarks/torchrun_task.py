@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import nsf
-from nsf.experiment import data as D
-from nsf.experiment import models as M
-from nsf.experiment.tasks import get_task
+from nsf_lab.experiment import data as D
+from nsf_lab.experiment import models as M
+from nsf_lab.experiment.tasks import get_task
 
 
 def batches(n_train: int, batch_size: int, steps: int, seed: int):

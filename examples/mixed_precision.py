@@ -27,7 +27,7 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 def data(synthetic: bool, n: int = 4096):
     if not synthetic:
         try:
-            from nsf.experiment.data import load_idx_pair
+            from nsf_lab.experiment.data import load_idx_pair
             ds = load_idx_pair(FASHION, name="fashion-mnist")
             return ds.x_train[:n], ds.y_train[:n]
         except Exception as e:  # not installed here: fall back to a learnable synthetic task

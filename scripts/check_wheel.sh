@@ -26,17 +26,39 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 
 [[ $(tar tzf "$OUT"/*.tar.gz) == */LICENSE* ]] || { echo "sdist lacks LICENSE" >&2; exit 1; }
 
-"$PY" -m venv --system-site-packages "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q --no-deps --no-index "$OUT"/*.whl
+# 1. The library alone: a venv holding nothing but torch (the version the calling python has) and the wheel.
+TORCH=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+"$PY" -m venv "$WORK/lib"
+"$WORK/lib/bin/python" -m pip install -q "torch==$TORCH" >"$WORK/pip-torch.log" 2>&1 || { cat "$WORK/pip-torch.log"; exit 1; }
+"$WORK/lib/bin/python" -m pip install -q --no-deps --no-index "$OUT"/*.whl
 cd "$WORK"  # away from the checkout, so nothing is imported from src/
-"$WORK/venv/bin/python" - "$WORK/venv" <<'EOF'
-import pathlib, sys
+"$WORK/lib/bin/python" - "$WORK/lib" <<'EOF'
+import importlib.util, pathlib, sys
+import torch
 import nsf, nsf.optim
 venv = pathlib.Path(sys.argv[1]).resolve()
 where = pathlib.Path(nsf.__file__).resolve()
 assert where.is_relative_to(venv), f"nsf imported from {where}, not from the wheel in {venv}"
-assert nsf.NSF is nsf.optim.NSF
-print(f"ok: nsf {nsf.__version__} from the wheel ({where.parent})")
+for lab_only in ("numpy", "matplotlib", "tqdm"):
+    assert importlib.util.find_spec(lab_only) is None, f"{lab_only} is installed: not a torch-only venv"
+w = torch.nn.Parameter(torch.ones(3))
+for spec in ("nsf", "rmsprop", "torch.optim:RAdam"):
+    opt = nsf.create_optimizer(spec, [w], lr=1e-2)
+    w.grad = torch.ones(3)
+    opt.step()
+assert bool((w < 1).all()), "the steps did not move the parameters"
+print(f"ok: nsf {nsf.__version__} from the wheel with torch alone ({where.parent}); nsf, rmsprop, torch.optim:RAdam step")
 EOF
+set +e
+"$WORK/lib/bin/nsf" --help >"$WORK/nsf.out" 2>"$WORK/nsf.err"; rc=$?
+set -e
+[ "$rc" = 2 ] && [ "$(wc -l <"$WORK/nsf.err")" = 1 ] && grep -q 'nsf\[lab\]' "$WORK/nsf.err" \
+  || { echo "without the lab, 'nsf' should say in one line how to add it (rc $rc):" >&2; cat "$WORK/nsf.err" >&2; exit 1; }
+echo "ok: without the lab, 'nsf' says: $(cat "$WORK/nsf.err")"
+
+# 2. With the lab: a venv that sees the calling python's packages (numpy, matplotlib, tqdm) and the wheel.
+"$PY" -m venv --system-site-packages "$WORK/venv"
+"$WORK/venv/bin/python" -m pip install -q --no-deps --no-index "$OUT"/*.whl
+"$WORK/venv/bin/python" -c "import nsf_lab.bench, nsf_lab.spectral, nsf_lab.experiment.train"
 "$WORK/venv/bin/nsf" --help >/dev/null
-echo "ok: wheel and sdist built, twine check passed, console script runs"
+echo "ok: wheel and sdist built, twine check passed, library alone and with the lab"

@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-"${PYTHON:-python3}" -m nsf bench --suite quick --out "${1:-runs/quick}" --threads "${NSF_THREADS:-2}" --report
+"${PYTHON:-python3}" -m nsf_lab bench --suite quick --out "${1:-runs/quick}" --threads "${NSF_THREADS:-2}" --report

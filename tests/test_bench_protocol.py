@@ -1,16 +1,16 @@
-"""Run identity, the append-only store, eval grid, LR walk and time-to-target (nsf.bench)."""
+"""Run identity, the append-only store, eval grid, LR walk and time-to-target (nsf_lab.bench)."""
 import json
 import math
 
 import pytest
 
-from nsf.bench import report as R
-from nsf.bench.protocol import Planner
-from nsf.experiment.store import RunStore, make_config, run_id
-from nsf.bench.suites import Suite
-from nsf.experiment.tasks import TASKS, eval_steps, lr_lambda
-from nsf.experiment.train import run_config
-from nsf.experiment.tuner import LR_GRID, Grid
+from nsf_lab.bench import report as R
+from nsf_lab.bench.protocol import Planner
+from nsf_lab.experiment.store import RunStore, make_config, run_id
+from nsf_lab.bench.suites import Suite
+from nsf_lab.experiment.tasks import TASKS, eval_steps, lr_lambda
+from nsf_lab.experiment.train import run_config
+from nsf_lab.experiment.tuner import LR_GRID, Grid
 
 
 def test_run_id_is_stable_and_sensitive():

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from nsf.bench.protocol import Planner
-from nsf.bench.report import load
-from nsf.experiment.store import RunStore
-from nsf.bench.suites import suite_from_dict
+from nsf_lab.bench.protocol import Planner
+from nsf_lab.bench.report import load
+from nsf_lab.experiment.store import RunStore
+from nsf_lab.bench.suites import suite_from_dict
 
 REQUIRED = {"run_id", "config", "seed", "versions", "wall_s", "final", "curve_file", "finished_at"}
 
@@ -23,7 +23,7 @@ REQUIRED = {"run_id", "config", "seed", "versions", "wall_s", "final", "curve_fi
 def smoke_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     t0 = time.time()
-    res = subprocess.run([sys.executable, "-c", "import sys; from nsf.cli import main; sys.exit(main())",
+    res = subprocess.run([sys.executable, "-c", "import sys; from nsf_lab.cli import main; sys.exit(main())",
                           "bench", "--suite", "smoke", "--out", str(out), "--threads", "1", "--report"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -85,7 +85,7 @@ def test_report_tables_match_runs_and_plots_are_pngs(smoke_dir):
 
 
 def test_report_writes_results_md_with_relative_images(smoke_dir, tmp_path):
-    from nsf.bench.report import write_report
+    from nsf_lab.bench.report import write_report
     target = tmp_path / "docs" / "RESULTS.md"
     target.parent.mkdir()
     write_report(smoke_dir, results_md=target)
@@ -94,7 +94,7 @@ def test_report_writes_results_md_with_relative_images(smoke_dir, tmp_path):
         assert (target.parent / img).exists(), img
 
 
-CMD = [sys.executable, "-m", "nsf.bench", "bench", "--suite", "smoke", "--threads", "1", "--device", "cpu"]
+CMD = [sys.executable, "-m", "nsf_lab.bench", "bench", "--suite", "smoke", "--threads", "1", "--device", "cpu"]
 
 
 def _lines(path):
@@ -146,7 +146,7 @@ def test_kill9_then_resume(smoke_dir, tmp_path):
 def test_report_reads_decisions_json_unless_it_is_older_than_the_runs(smoke_dir, tmp_path):
     import shutil
 
-    from nsf.bench.report import write_report
+    from nsf_lab.bench.report import write_report
     d = tmp_path / "copy"
     shutil.copytree(smoke_dir, d)
     dec = json.loads((d / "decisions.json").read_text())

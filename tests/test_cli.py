@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from nsf import cli
+from nsf_lab import cli
 
 
 def run_cli(argv, capsys):
@@ -75,7 +75,7 @@ def test_corrupt_suite_json_is_refused_and_left_alone(tmp_path, capsys):
 
 
 def test_other_suite_in_the_directory(tmp_path, capsys):
-    from nsf.bench.suites import get_suite, suite_to_dict
+    from nsf_lab.bench.suites import get_suite, suite_to_dict
     (tmp_path / "suite.json").write_text(json.dumps(suite_to_dict(get_suite("quick"))))
     code, err = run_cli(["bench", "--suite", "smoke", "--out", str(tmp_path)], capsys)
     assert_user_error(code, err, "quick")
@@ -96,14 +96,14 @@ def test_ray_missing_is_a_one_line_install_hint(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
     import os
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent)] + sys.path))
-    res = subprocess.run([sys.executable, "-m", "nsf.bench", "bench", "--suite", "smoke", "--ray",
+    res = subprocess.run([sys.executable, "-m", "nsf_lab.bench", "bench", "--suite", "smoke", "--ray",
                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "pip install nsf[ray]" in res.stderr and not (tmp_path / "run").exists()
 
 
 def test_internal_error_keeps_its_traceback_and_exit_code_1(tmp_path):
-    code = ("import sys; import nsf.bench.cli as c; from nsf.cli import main\n"
+    code = ("import sys; import nsf_lab.bench.cli as c; from nsf_lab.cli import main\n"
             "def boom(args): raise RuntimeError('internal bug')\n"
             "c._report = boom\n"
             f"sys.exit(main(['report', {str(tmp_path)!r}]))\n")
@@ -112,7 +112,7 @@ def test_internal_error_keeps_its_traceback_and_exit_code_1(tmp_path):
 
 
 def test_damaged_runs_line_is_skipped_with_its_line_number(tmp_path, capsys):
-    from nsf.experiment.store import RunStore, make_config, run_id
+    from nsf_lab.experiment.store import RunStore, make_config, run_id
 
     (tmp_path / "suite.json").write_text(json.dumps({"name": "smoke", "tasks": ["digits-mlp-tiny"],
                                                      "baselines": [["Adam", "adam"]], "ablations": False}))
@@ -150,6 +150,6 @@ def test_spectrum_out_is_a_file_and_replot_without_data(tmp_path, capsys):
 
 def test_python_dash_m_nsf_is_the_command_with_its_exit_code(tmp_path):
     """scripts/reproduce.sh runs ``$PYTHON -m nsf``: a user error there is one line on stderr and exit code 2."""
-    r = subprocess.run([sys.executable, "-m", "nsf", "report", str(tmp_path / "nosuch")], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "nsf_lab", "report", str(tmp_path / "nosuch")], capture_output=True,
                        text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nsf report: error:" in r.stderr

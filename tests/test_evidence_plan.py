@@ -3,10 +3,10 @@ import math
 
 import pytest
 
-from nsf.bench.protocol import Decided, MemoryStore, Planner, dry_run, synthetic_final
-from nsf.bench.suites import SEARCH, Search, get_suite, suite_from_dict, suite_to_dict
-from nsf.experiment.store import make_config, run_id
-from nsf.experiment.tuner import ref_lr
+from nsf_lab.bench.protocol import Decided, MemoryStore, Planner, dry_run, synthetic_final
+from nsf_lab.bench.suites import SEARCH, Search, get_suite, suite_from_dict, suite_to_dict
+from nsf_lab.experiment.store import make_config, run_id
+from nsf_lab.experiment.tuner import ref_lr
 from nsf.registry import parse_spec
 
 BASELINES = ["SGD-M", "Adam", "AdamW", "Padam", "FSGDM"]
@@ -188,7 +188,7 @@ def test_evidence_smoke_end_to_end_through_the_command(tmp_path):
     import json
     import subprocess
     import sys
-    res = subprocess.run([sys.executable, "-c", "import sys; from nsf.cli import main; sys.exit(main())", "bench",
+    res = subprocess.run([sys.executable, "-c", "import sys; from nsf_lab.cli import main; sys.exit(main())", "bench",
                           "--suite", "evidence-smoke", "--out", str(tmp_path), "--threads", "1", "--report"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -218,7 +218,7 @@ def test_loss_criterion_flags_choices_the_validation_error_cannot_resolve(error_
 def test_one_validation_sample_of_a_text_task_is_one_character():
     """The "decided within one validation sample" flag needs the validation size; a text split holds no
     examples but windows × seq_len characters (this crashed the first stage-2 sweep's final decisions)."""
-    from nsf.experiment.tasks import get_task
+    from nsf_lab.experiment.tasks import get_task
     pl = Planner("evidence", MemoryStore())
     t = get_task("shakespeare-charlm-short")
     assert pl.one_sample(t.name) == pytest.approx(1.0 / (t.eval_windows * t.seq_len))

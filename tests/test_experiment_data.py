@@ -1,4 +1,4 @@
-"""Loaders of nsf.experiment.data on tiny files the tests write (IDX, CIFAR pickles, mnist.pkl.gz)."""
+"""Loaders of nsf_lab.experiment.data on tiny files the tests write (IDX, CIFAR pickles, mnist.pkl.gz)."""
 import gzip
 import hashlib
 import pickle
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nsf.experiment import data as D
+from nsf_lab.experiment import data as D
 
 
 def write_idx(path, arr, code=0x08, compress=True):

@@ -6,17 +6,17 @@ import os
 import pytest
 import torch
 
-from nsf.experiment import data as D
-from nsf.experiment import stats as S
-from nsf.experiment.metrics import classification_metrics, ece, temperature_scaled_loss
-from nsf.experiment.train import evaluate, fit, shuffled_batches
-from nsf.experiment.util import jsonable, write_json_atomic
+from nsf_lab.experiment import data as D
+from nsf_lab.experiment import stats as S
+from nsf_lab.experiment.metrics import classification_metrics, ece, temperature_scaled_loss
+from nsf_lab.experiment.train import evaluate, fit, shuffled_batches
+from nsf_lab.experiment.util import jsonable, write_json_atomic
 
 
 def test_spectral_classification_data_uses_training_row_statistics_only():
     """The validation and test rows must not enter the standardisation (the old spectral order leaked them)."""
     pytest.importorskip("sklearn")
-    from nsf.spectral._train import load_classification
+    from nsf_lab.spectral._train import load_classification
 
     d = load_classification("digits")
     x = d["x_tr"]
@@ -29,7 +29,7 @@ def test_spectral_classification_data_uses_training_row_statistics_only():
 def test_demo_default_nsf_completes_its_p_cycles():
     """The demo's "nsf" runs the library default's cycle within the run (two cosine cycles between 0 and ½),
     not the first few percent of the fixed 1000-step period."""
-    from nsf import demo
+    from nsf_lab import demo
     r = demo.train_digits("nsf", epochs=1)
     assert r["p_range"] == (0.0, 0.5)
     assert r["spec"] == "nsf (2 cycles)"
@@ -37,7 +37,7 @@ def test_demo_default_nsf_completes_its_p_cycles():
 
 def test_demo_uses_the_benchmark_digits_split():
     pytest.importorskip("sklearn")
-    from nsf import demo
+    from nsf_lab import demo
 
     r = demo.train_digits("adam", epochs=1)
     assert 0.5 < r["test_acc"] <= 1.0
@@ -78,7 +78,7 @@ def test_bench_evaluation_and_alignment_metrics_report_the_same_ece():
     x, y = torch.randn(300, 4), torch.randint(0, 3, (300,))
     model = torch.nn.Linear(4, 3)
     ds = D.Dataset("toy", x, y, x, y, 3)
-    from nsf.experiment.tasks import Task
+    from nsf_lab.experiment.tasks import Task
 
     bench = evaluate(model, ds, Task("toy", "toy", "mlp", 1, 10), full=True)
     with torch.no_grad():

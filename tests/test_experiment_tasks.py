@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from nsf.experiment.store import make_config, run_id
-from nsf.experiment import data as D
-from nsf.experiment import train as T
-from nsf.experiment.tasks import TASKS, Task
+from nsf_lab.experiment.store import make_config, run_id
+from nsf_lab.experiment import data as D
+from nsf_lab.experiment import train as T
+from nsf_lab.experiment.tasks import TASKS, Task
 
 
 def _dense_digits_task(steps_per_epoch: int = 20, epochs: int = 2) -> Task:

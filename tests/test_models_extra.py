@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nsf.experiment.augment import random_crop
-from nsf.experiment.charlm import CharTransformer
-from nsf.experiment.resnet import resnet
+from nsf_lab.experiment.augment import random_crop
+from nsf_lab.experiment.charlm import CharTransformer
+from nsf_lab.experiment.resnet import resnet
 
 
 def test_resnet_shapes_and_residual_stages():

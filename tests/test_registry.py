@@ -187,7 +187,7 @@ def test_records_pin_the_library_default_so_a_new_default_gets_new_run_ids(monke
     """make_config writes out the p and scale that "nsf" takes from the library defaults: a record of the old
     default is never reused for a new one. Names whose presets fix p and scale keep their (old) run ids."""
     from nsf import registry
-    from nsf.experiment.store import make_config, run_id
+    from nsf_lab.experiment.store import make_config, run_id
     from nsf.optim.defaults import DEFAULT_P, DEFAULT_SCALE
     cfg = make_config("digits-mlp", "nsf", 1e-3, 0)
     assert cfg["optimizer"] == {"name": "nsf", "p": DEFAULT_P.to_dict(), "scale": DEFAULT_SCALE}

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from nsf.spectral.alignment import AlignmentRecorder, accuracy_at_loss, classification_metrics, early_dense_cadence
+from nsf_lab.spectral.alignment import AlignmentRecorder, accuracy_at_loss, classification_metrics, early_dense_cadence
 
 
 def _logits(probs):

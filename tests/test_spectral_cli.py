@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from nsf.cli import main
+from nsf_lab.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from nsf.spectral import filtering as fl
+from nsf_lab.spectral import filtering as fl
 
 
 def _clusters(n_per=40, seed=0):

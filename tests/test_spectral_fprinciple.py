@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from nsf.spectral import fprinciple as fp
-from nsf.experiment.stats import mean_ci
-from nsf.spectral._common import time_to_learn
+from nsf_lab.spectral import fprinciple as fp
+from nsf_lab.experiment.stats import mean_ci
+from nsf_lab.spectral._common import time_to_learn
 
 KS = (1, 2, 4, 8, 16)
 
@@ -81,8 +81,8 @@ def test_training_reduces_low_frequency_error_first_with_adam():
 
 
 def test_tune_lr_uses_the_one_tuner_caches_warns_and_rejects_all_diverged():
-    from nsf.experiment.tuner import Grid
-    from nsf.spectral._common import tune_lr
+    from nsf_lab.experiment.tuner import Grid
+    from nsf_lab.spectral._common import tune_lr
 
     calls = []
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from nsf.spectral import response
+from nsf_lab.spectral import response
 
 # Exact DFT bins of a 1024-step window; all are far above the β2 = 0.999 window (2πf ≫ 1e-3).
 WINDOW, STEPS = 1024, 1280

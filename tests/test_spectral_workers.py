@@ -1,6 +1,6 @@
 """`nsf spectrum ... --workers N`: the seeds of an instrument run in a process pool and give the same results."""
-from nsf.experiment.tuner import Grid
-from nsf.spectral import alignment, fprinciple
+from nsf_lab.experiment.tuner import Grid
+from nsf_lab.spectral import alignment, fprinciple
 
 
 def test_alignment_seeds_in_two_workers_equal_one_worker():

@@ -1,10 +1,10 @@
-"""The sweep object (suite.json merge, decisions) and the driver's handling of failed runs (nsf.experiment.sweep)."""
+"""The sweep object (suite.json merge, decisions) and the driver's handling of failed runs (nsf_lab.experiment.sweep)."""
 import json
 
 import pytest
 
-from nsf.experiment.store import RunStore, run_id
-from nsf.experiment import sweep as S
+from nsf_lab.experiment.store import RunStore, run_id
+from nsf_lab.experiment import sweep as S
 
 
 def test_options_given_on_resume_accumulate_and_nothing_disappears(tmp_path):
@@ -71,7 +71,7 @@ def test_a_run_that_raises_is_recorded_failed_and_the_sweep_goes_on(tmp_path, mo
 
 
 def test_a_failed_run_is_retried_once_on_resume_and_its_new_record_wins(tmp_path, monkeypatch):
-    from nsf.bench.protocol import Planner
+    from nsf_lab.bench.protocol import Planner
 
     calls = []
 

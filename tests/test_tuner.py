@@ -1,9 +1,9 @@
-"""The one LR tuner (nsf.experiment.tuner) on synthetic score functions: each rule property has a test."""
+"""The one LR tuner (nsf_lab.experiment.tuner) on synthetic score functions: each rule property has a test."""
 import math
 
 import pytest
 
-from nsf.experiment.tuner import INF, LR_GRID, Grid, LRTuner, mean_score, score, tune
+from nsf_lab.experiment.tuner import INF, LR_GRID, Grid, LRTuner, mean_score, score, tune
 
 
 def bowl(opt, noise=None):

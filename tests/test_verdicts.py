@@ -1,4 +1,4 @@
-"""The evidence-protocol analysis (nsf.bench.verdicts) and its report, on synthetic run directories whose true
+"""The evidence-protocol analysis (nsf_lab.bench.verdicts) and its report, on synthetic run directories whose true
 effects are known."""
 import json
 import math
@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from nsf.bench import verdicts as V
-from nsf.experiment import stats as S
-from nsf.experiment.store import make_config, run_id
+from nsf_lab.bench import verdicts as V
+from nsf_lab.experiment import stats as S
+from nsf_lab.experiment.store import make_config, run_id
 
 TASK = "digits-mlp-tiny"
 # label -> (kind, lr, test error shift in points vs Adam, per-seed noise sd in points)
@@ -38,7 +38,7 @@ def _spec(label):
 
 def write_rundir(root, labels=tuple(ARMS), complete=True, rng_seed=0, scaled=False):
     """A fake evidence sweep: suite.json, runs.jsonl (+ curves), decisions.json."""
-    from nsf.bench.suites import Suite, suite_to_dict
+    from nsf_lab.bench.suites import Suite, suite_to_dict
     rng = np.random.default_rng(rng_seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "curves").mkdir(exist_ok=True)
@@ -168,7 +168,7 @@ def test_verdict_c4_needs_a_silent_negative_control():
 
 
 def test_time_to_target_and_reverse_view_on_known_curves(tmp_path):
-    from nsf.bench.report import load
+    from nsf_lab.bench.report import load
     arms = V.arms_of(load(write_rundir(tmp_path / "r")))[TASK]
     t = V.time_to_target(arms["NSF default"], arms["Adam"], n_boot=400)
     # NSF default: +2 points at full budget, Adam's full accuracy reached near half the budget
@@ -182,8 +182,8 @@ def test_time_to_target_and_reverse_view_on_known_curves(tmp_path):
 # the whole analysis and report
 
 def test_claims_on_synthetic_sweep_give_the_built_in_verdicts(tmp_path):
-    from nsf.bench import evidence_md as E
-    from nsf.bench.report import load
+    from nsf_lab.bench import evidence_md as E
+    from nsf_lab.bench.report import load
     an = E.analyse(load(write_rundir(tmp_path / "r")))
     assert an["best"][TASK] == "Adam" and an["n_test"][TASK] == 500
     c1 = {r["id"]: r for r in an["C1"]["rows"]}
@@ -201,7 +201,7 @@ def test_claims_on_synthetic_sweep_give_the_built_in_verdicts(tmp_path):
 
 
 def test_report_of_an_evidence_sweep_lists_verdicts_fsgdm_and_flags(tmp_path):
-    from nsf.bench.report import write_report
+    from nsf_lab.bench.report import write_report
     d = write_rundir(tmp_path / "r")
     md = write_report(d).read_text()
     assert "PARTIAL" not in md and "Verdicts per claim × arm kind" in md
@@ -216,8 +216,8 @@ def test_report_of_an_evidence_sweep_lists_verdicts_fsgdm_and_flags(tmp_path):
 def test_alignment_matches_the_temperature_scaled_test_loss_where_curves_record_it(tmp_path):
     """Amendment 13: C4's test-loss measure uses ``loss_ts`` when every curve of the pair has it (its levels
     are then those of loss_ts, half the unscaled ones here), and the unscaled loss otherwise."""
-    from nsf.bench import evidence_md as E
-    from nsf.bench.report import load, write_report
+    from nsf_lab.bench import evidence_md as E
+    from nsf_lab.bench.report import load, write_report
     plain = E.analyse(load(write_rundir(tmp_path / "plain")))["C4"]["rows"][0]["res"]
     scaled = E.analyse(load(write_rundir(tmp_path / "scaled", scaled=True)))["C4"]["rows"][0]["res"]
     assert plain["test_key"] == "loss" and scaled["test_key"] == "loss_ts"
@@ -226,7 +226,7 @@ def test_alignment_matches_the_temperature_scaled_test_loss_where_curves_record_
 
 
 def test_report_of_a_partial_sweep_says_so(tmp_path):
-    from nsf.bench.report import write_report
+    from nsf_lab.bench.report import write_report
     d = write_rundir(tmp_path / "r", labels=("Adam", "NSF default", "NSF-adam tied"), complete=False)
     md = write_report(d).read_text()
     n = sum(1 for _ in open(d / "runs.jsonl"))
@@ -242,7 +242,7 @@ def evidence_smoke(tmp_path_factory):
     import subprocess
     import sys
     out = tmp_path_factory.mktemp("esmoke")
-    res = subprocess.run([sys.executable, "-c", "import sys; from nsf.cli import main; sys.exit(main())",
+    res = subprocess.run([sys.executable, "-c", "import sys; from nsf_lab.cli import main; sys.exit(main())",
                           "bench", "--suite", "evidence-smoke", "--out", str(out), "--threads", "1", "--report"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -250,8 +250,8 @@ def evidence_smoke(tmp_path_factory):
 
 
 def test_evidence_smoke_report_has_every_primary_comparison(evidence_smoke):
-    from nsf.bench import evidence_md as E
-    from nsf.bench.report import load
+    from nsf_lab.bench import evidence_md as E
+    from nsf_lab.bench.report import load
     md = (evidence_smoke / "report.md").read_text()
     assert "Complete: all" in md and "PARTIAL" not in md
     an = E.analyse(load(evidence_smoke))
@@ -269,7 +269,7 @@ def test_evidence_smoke_report_has_every_primary_comparison(evidence_smoke):
 
 def test_evidence_smoke_partial_sweep_is_never_shown_as_finished(evidence_smoke, tmp_path):
     import shutil
-    from nsf.bench.report import write_report
+    from nsf_lab.bench.report import write_report
     d = tmp_path / "partial"
     shutil.copytree(evidence_smoke, d)
     lines = (d / "runs.jsonl").read_text().splitlines()

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from nsf.experiment.store import RunStore, run_id
-from nsf.experiment import sweep as S
+from nsf_lab.experiment.store import RunStore, run_id
+from nsf_lab.experiment import sweep as S
 
-CMD = [sys.executable, "-m", "nsf.bench", "bench", "--suite", "smoke", "--threads", "1", "--device", "cpu"]
+CMD = [sys.executable, "-m", "nsf_lab.bench", "bench", "--suite", "smoke", "--threads", "1", "--device", "cpu"]
 
 
 def die_on_seed_1(config, meta, device, data_root, threads):

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nsf.experiment.util import save_figure, write_json_atomic
+from nsf_lab.experiment.util import save_figure, write_json_atomic
 
 from . import plots
 from ._common import OptimizerSpec, cycle_spec, make_optimizer, spec_label

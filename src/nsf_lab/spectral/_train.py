@@ -1,6 +1,6 @@
 """Classifier set-up shared by the filtering and alignment instruments: data, budgets, training, LR tuning.
 
-Data, model, loop and metrics are the experiment layer's (:mod:`nsf.experiment`); this module only fixes the
+Data, model, loop and metrics are the experiment layer's (:mod:`nsf_lab.experiment`); this module only fixes the
 instruments' choices (flattened inputs, a 2x128 ReLU MLP, constant LR, per-dataset budgets).
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nsf.experiment import data as D
-from nsf.experiment.metrics import classification_metrics
-from nsf.experiment.models import mlp
-from nsf.experiment.train import fit, shuffled_batches
-from nsf.experiment.tuner import Decision, Grid
-from nsf.experiment.util import seed_everything, write_json_atomic
+from nsf_lab.experiment import data as D
+from nsf_lab.experiment.metrics import classification_metrics
+from nsf_lab.experiment.models import mlp
+from nsf_lab.experiment.train import fit, shuffled_batches
+from nsf_lab.experiment.tuner import Decision, Grid
+from nsf_lab.experiment.util import seed_everything, write_json_atomic
 
 from ._common import OptimizerSpec, cycle_spec, make_optimizer, map_seeds, spec_label, tune_lr
 
@@ -90,7 +90,7 @@ def load_classification(name: str, val_frac: float = 0.1, split_seed: int = 0, s
 def train_classifier(spec: OptimizerSpec, lr: float, data: dict, *, steps: int, batch: int, seed: int,
                      width: int = 128, depth: int = 2, callbacks=()) -> dict:
     """Mini-batch training with cross-entropy and a constant LR; callbacks ``cb(step, model, loss)`` as in
-    :func:`nsf.experiment.train.fit` (step 0 before training).  A loss above 1e3 counts as diverged."""
+    :func:`nsf_lab.experiment.train.fit` (step 0 before training).  A loss above 1e3 counts as diverged."""
     seed_everything(seed)
     x, y = data["x_tr"], data["y_tr"]
     model = mlp((x.shape[1],), data["n_classes"], hidden=[width] * depth)

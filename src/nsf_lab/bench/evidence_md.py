@@ -1,6 +1,6 @@
 """``nsf report`` for an evidence-protocol sweep (docs/evidence.md): verdict tables per claim × arm kind, the
 paired effects with their CIs, power, time to target and early alignment, and two plots per task.  The
-numbers come from :mod:`nsf.bench.verdicts`; this module only lays them out."""
+numbers come from :mod:`nsf_lab.bench.verdicts`; this module only lays them out."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nsf.experiment import stats as S
-from nsf.experiment.util import jsonable, save_figure
+from nsf_lab.experiment import stats as S
+from nsf_lab.experiment.util import jsonable, save_figure
 
 from . import verdicts as V
 

@@ -83,7 +83,7 @@ def window_batches(tokens: torch.Tensor, batch: int, seq_len: int, gen: torch.Ge
 
 
 def augmented(batches: Callable[[], tuple], gen: torch.Generator, **crop):
-    """``batches`` with :func:`~nsf.experiment.augment.random_crop` (kwargs ``crop``) applied to each batch's
+    """``batches`` with :func:`~nsf_lab.experiment.augment.random_crop` (kwargs ``crop``) applied to each batch's
     inputs, the shifts drawn from ``gen``."""
     def next_batch():
         xb, yb = batches()
@@ -95,7 +95,7 @@ def augmented(batches: Callable[[], tuple], gen: torch.Generator, **crop):
 def evaluate(model, ds: D.Dataset, task: Task, full: bool = False, scaled: bool = False) -> dict:
     """Loss and accuracy on the evaluation set of ``ds`` (text: ``task.eval_windows`` fixed windows, evenly
     spaced); with ``full`` also ECE and mean confidence; with ``scaled`` also the loss at the best temperature
-    (``loss_ts``, :func:`~nsf.experiment.metrics.temperature_scaled_loss`)."""
+    (``loss_ts``, :func:`~nsf_lab.experiment.metrics.temperature_scaled_loss`)."""
     model.eval()
     tot_loss, correct, n = 0.0, 0, 0
     conf_all, corr_all, logits_all, y_all = [], [], [], []
@@ -166,7 +166,7 @@ class CurveRecorder:
 
 
 def run_config(config: dict, *, device="cpu", data_root: str | None = None, progress=None) -> dict:
-    """Train one benchmark run (a config of ``nsf.experiment.store.make_config``); returns ``{"final": metrics,
+    """Train one benchmark run (a config of ``nsf_lab.experiment.store.make_config``); returns ``{"final": metrics,
     "curves": curves}`` as stored in a bench record.  Never raises on divergence."""
     from nsf import create_optimizer
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from nsf.experiment.stats import mean_ci
-from nsf.experiment.tuner import Grid
-from nsf.experiment.util import save_figure, write_json_atomic
+from nsf_lab.experiment.stats import mean_ci
+from nsf_lab.experiment.tuner import Grid
+from nsf_lab.experiment.util import save_figure, write_json_atomic
 
 from . import plots
 from ._common import OptimizerSpec, first_index_below, fmt_ci, grid_dict, loss_levels, skipped_lines

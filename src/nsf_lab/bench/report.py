@@ -11,14 +11,14 @@ import numpy as np
 
 from nsf.registry import spec_to_str
 
-from nsf.experiment import stats as S
-from nsf.experiment.sweep import Sweep
-from nsf.experiment.util import save_figure
-from nsf.experiment.tuner import Grid, default_max_points
+from nsf_lab.experiment import stats as S
+from nsf_lab.experiment.sweep import Sweep
+from nsf_lab.experiment.util import save_figure
+from nsf_lab.experiment.tuner import Grid, default_max_points
 
 from .protocol import Decided, Planner, failed
 from .suites import suite_from_dict
-from nsf.experiment.tasks import get_task
+from nsf_lab.experiment.tasks import get_task
 
 BASELINE_LABELS = ("SGD-M", "Adam", "AdamW", "Padam")
 

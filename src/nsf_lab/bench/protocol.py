@@ -18,12 +18,12 @@ import json
 import math
 import sys
 
-from nsf.experiment.tuner import INF, Grid, LRTuner, ref_lr, score
+from nsf_lab.experiment.tuner import INF, Grid, LRTuner, ref_lr, score
 from nsf.registry import parse_spec, spec_to_str
 
-from nsf.experiment.store import RunStore, make_config, run_id
+from nsf_lab.experiment.store import RunStore, make_config, run_id
 from .suites import Suite, arm_grid, get_suite
-from nsf.experiment.tasks import get_task
+from nsf_lab.experiment.tasks import get_task
 
 DECISIONS_VERSION = 1
 
@@ -51,7 +51,7 @@ def summary(recs: list[dict]) -> dict:
 def eval_size(task: str, split: str, data_root: str | None = None) -> int:
     """Predictions an evaluation on ``split`` averages over: the split's examples, or for text the evaluated
     characters (windows × sequence length)."""
-    from nsf.experiment.data import prepared
+    from nsf_lab.experiment.data import prepared
     t = get_task(task)
     ds = prepared(t.dataset, split, t.val_frac, "cpu", data_root, t.train_subset)
     return t.windows(split) * t.seq_len if ds.kind == "text" else len(ds.y_test)

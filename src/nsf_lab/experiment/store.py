@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nsf.experiment.tasks import Task, get_task
-from nsf.experiment.util import write_json_atomic
+from nsf_lab.experiment.tasks import Task, get_task
+from nsf_lab.experiment.util import write_json_atomic
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 SUBCOMMAND_MODULES = [
-    "nsf.bench.cli",
-    "nsf.demo",
-    "nsf.spectral.cli",
+    "nsf_lab.bench.cli",
+    "nsf_lab.demo",
+    "nsf_lab.spectral.cli",
 ]
 
 
@@ -32,9 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LAB_DEPENDENCIES = ("numpy", "matplotlib", "tqdm")
+
+
+def missing_lab_dependency() -> str | None:
+    """The first of the lab's dependencies that is not installed (the ``nsf`` library itself needs only torch)."""
+    for name in LAB_DEPENDENCIES:
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    from nsf.experiment.data import DatasetMissing
-    from nsf.experiment.sweep import UserError
+    missing = missing_lab_dependency()
+    if missing is not None:
+        print(f"nsf: the command line is part of the lab, which needs {missing}: pip install \"nsf[lab]\"",
+              file=sys.stderr)
+        return 2
+    from nsf_lab.experiment.data import DatasetMissing
+    from nsf_lab.experiment.sweep import UserError
 
     args = build_parser().parse_args(argv)
     try:

@@ -6,7 +6,7 @@ import importlib
 import os
 import time
 
-from nsf.experiment.sweep import UserError, positive_int
+from nsf_lab.experiment.sweep import UserError, positive_int
 
 INSTRUMENTS = {
     "response": "the optimizer as a filter: cross-coordinate gain and single-tone transfer (SPEC §4.1)",
@@ -32,7 +32,7 @@ def _seeds(text: str) -> list[int]:
 
 def _grid(text: str):
     """'LO,HI,STEP' -> the declared log grid LO..HI in STEP decades that the LR tuner searches."""
-    from nsf.experiment.tuner import Grid
+    from nsf_lab.experiment.tuner import Grid
 
     try:
         lo, hi, step = (float(v) for v in text.split(","))
@@ -79,7 +79,7 @@ def run(args) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} exists and is not a directory")
     set_threads(args.threads)
-    mod = importlib.import_module(f"nsf.spectral.{args.instrument}")
+    mod = importlib.import_module(f"nsf_lab.spectral.{args.instrument}")
     if args.replot:
         import json
 
@@ -91,7 +91,7 @@ def run(args) -> int:
             raise UserError(f"--replot: cannot read {path} ({type(e).__name__}: {e})") from None
         if hasattr(mod, "reanalyse"):
             data = mod.reanalyse(data)
-            from nsf.experiment.util import write_json_atomic
+            from nsf_lab.experiment.util import write_json_atomic
 
             write_json_atomic(os.path.join(args.out, f"{args.instrument}.json"), data)
         mod.plot(data, args.out)

@@ -23,11 +23,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nsf.experiment.models import mlp
-from nsf.experiment.stats import mean_ci
-from nsf.experiment.train import fit
-from nsf.experiment.tuner import Grid
-from nsf.experiment.util import save_figure, seed_everything, write_json_atomic
+from nsf_lab.experiment.models import mlp
+from nsf_lab.experiment.stats import mean_ci
+from nsf_lab.experiment.train import fit
+from nsf_lab.experiment.tuner import Grid
+from nsf_lab.experiment.util import save_figure, seed_everything, write_json_atomic
 
 from . import plots
 from ._common import (OptimizerSpec, cycle_spec, first_index_below, grid_dict, make_optimizer, map_seeds, spec_label,

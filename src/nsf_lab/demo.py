@@ -10,13 +10,13 @@ import time
 
 import torch
 
-from .experiment import data as D
-from .experiment import models as M
-from .experiment.metrics import classification_metrics
-from .experiment.tasks import get_task
-from .experiment.train import fit, shuffled_batches
-from .optim.defaults import DEFAULT_CYCLES, default_cycle
-from .registry import create_optimizer, parse_spec, spec_to_str
+from nsf_lab.experiment import data as D
+from nsf_lab.experiment import models as M
+from nsf_lab.experiment.metrics import classification_metrics
+from nsf_lab.experiment.tasks import get_task
+from nsf_lab.experiment.train import fit, shuffled_batches
+from nsf.optim.defaults import DEFAULT_CYCLES, default_cycle
+from nsf.registry import create_optimizer, parse_spec, spec_to_str
 
 DEMO_SPECS = ["sgd", "adam", "nsf", "nsf-cyclic-adam"]
 TASK = "digits-mlp"

@@ -1,5 +1,5 @@
 """Matplotlib helpers of the instruments (Agg backend, no display needed); figures are written by
-:func:`nsf.experiment.util.save_figure`."""
+:func:`nsf_lab.experiment.util.save_figure`."""
 from __future__ import annotations
 
 import matplotlib

@@ -4,7 +4,7 @@ Files (the driver is their only writer; workers return results to it):
 
 - ``suite.json``: what the sweep is.  Created by the first command; a later command on the same directory
   merges into it (list options such as extra arms, tasks and seeds accumulate: nothing silently disappears).
-- ``runs.jsonl`` + ``curves/``: one line per finished run (:class:`nsf.experiment.store.RunStore`).
+- ``runs.jsonl`` + ``curves/``: one line per finished run (:class:`nsf_lab.experiment.store.RunStore`).
 - ``decisions.json``: what the sweep decided (chosen LRs and their tuner flags, the search winner), written
   by the driver; ``nsf report`` reads it instead of planning again.
 
@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-from nsf.experiment.util import jsonable, write_json_atomic
+from nsf_lab.experiment.util import jsonable, write_json_atomic
 
 
 class UserError(ValueError):
@@ -63,7 +63,7 @@ class Sweep:
     @cached_property
     def store(self):
         """The run store (created on first use: opening a sweep to check it writes nothing)."""
-        from nsf.experiment.store import RunStore
+        from nsf_lab.experiment.store import RunStore
         return RunStore(self.root)
 
     @property
@@ -136,7 +136,7 @@ def merge(old: dict, new: dict, accumulate: tuple[str, ...]) -> tuple[dict, list
 
 def train(config: dict, device: str, data_root: str | None) -> tuple[dict, dict]:
     """One training run -> (final metrics, curves); the one call into the training code."""
-    from nsf.experiment.train import run_config
+    from nsf_lab.experiment.train import run_config
     out = run_config(config, device=device, data_root=data_root)
     return out["final"], out["curves"]
 
@@ -146,7 +146,7 @@ def make_record(config: dict, meta: dict, device: str, data_root: str | None, th
     failed record with the traceback, never an exception."""
     import torch
 
-    from nsf.experiment.store import run_id, versions
+    from nsf_lab.experiment.store import run_id, versions
 
     torch.set_num_threads(threads)
     t0 = time.time()
@@ -169,7 +169,7 @@ def failed_final(error: str) -> dict:
 
 def failed_record(config: dict, meta: dict, device: str, error: str) -> tuple[dict, dict]:
     """The record of a run whose worker died (no result came back)."""
-    from nsf.experiment.store import run_id, versions
+    from nsf_lab.experiment.store import run_id, versions
     rid = run_id(config)
     return ({"run_id": rid, "config": config, "seed": config["seed"], "final": failed_final(error), "wall_s": None,
              "versions": versions(), "device": str(device), "threads": None,
@@ -187,7 +187,7 @@ def drive(sweep: Sweep, plan: Callable[[], list], engine, progress=None) -> dict
     runs; after each finished run it is called again, so dependent runs start as soon as they can.  Returns
     counts {"done", "failed"}.
     """
-    from nsf.experiment.store import run_id
+    from nsf_lab.experiment.store import run_id
 
     flight: dict = {}  # run_id -> (handle, config, meta)
     done = failed = 0

@@ -7,14 +7,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nsf.experiment.sweep import positive_int
+from nsf_lab.experiment.sweep import positive_int
 
 
 def check_spec(spec: str) -> None:
     """Refuse an optimizer spec that cannot build and step an optimizer (one tiny step on a dummy tensor)."""
     import torch
 
-    from nsf.experiment.sweep import UserError
+    from nsf_lab.experiment.sweep import UserError
     from nsf.registry import create_optimizer
     try:
         w = torch.zeros(2, requires_grad=True)
@@ -27,14 +27,14 @@ def check_spec(spec: str) -> None:
 def resolve_device(name: str) -> str:
     import torch
 
-    from nsf.experiment.sweep import UserError
+    from nsf_lab.experiment.sweep import UserError
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
     return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
 
 
 def make_engine(args, device: str):
-    from nsf.experiment.sweep import InlineEngine, PoolEngine, RayEngine, UserError
+    from nsf_lab.experiment.sweep import InlineEngine, PoolEngine, RayEngine, UserError
     if args.ray is not None:
         if args.workers > 1:
             raise UserError("--ray and --workers exclude each other (Ray runs as many runs as it has CPUs for)")
@@ -51,11 +51,11 @@ def make_engine(args, device: str):
 def _bench(args) -> int:
     import torch
 
-    from nsf.experiment.sweep import Sweep, UserError, drive
+    from nsf_lab.experiment.sweep import Sweep, UserError, drive
 
     from .protocol import Planner
     from .suites import get_suite, suite_from_dict, suite_to_dict
-    from nsf.experiment.tasks import get_task
+    from nsf_lab.experiment.tasks import get_task
 
     # -- everything checked before anything is written ------------------------------------------------------
     suite = get_suite(args.suite)
@@ -129,7 +129,7 @@ class Progress:
 
 
 def _report(args) -> int:
-    from nsf.experiment.sweep import Sweep, UserError
+    from nsf_lab.experiment.sweep import Sweep, UserError
 
     from .report import write_report
     if args.notes and not Path(args.notes).is_file():

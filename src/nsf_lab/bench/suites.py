@@ -2,7 +2,7 @@
 
 Protocol, per task:
   stage "tune"   each optimizer's base LR is chosen on the validation split (carved from the training set)
-                 with seeds ``tune_seeds`` and the full budget by the one tuner (nsf.experiment.tuner) on
+                 with seeds ``tune_seeds`` and the full budget by the one tuner (nsf_lab.experiment.tuner) on
                  ONE shared log grid (half-decades), with the suite's ``rule`` and ``criterion``.  Rule
                  "walk" (these suites, the committed archive): the grid is walked from the optimizer's
                  reference point until the best LR is interior (or at the grid edge, or ``max_points``).
@@ -12,7 +12,7 @@ Protocol, per task:
 An optional stage "search" (standard suite) first chooses the NSF default configuration on the validation
 splits of ``search.tasks`` from a declared space; the winner is then "NSF default" in the other stages.
 Protocol "evidence" (docs/evidence.md) adds tied and one-shot arms and re-tunes the LR per budget for NSF
-default and the task's best baseline (see nsf.bench.protocol); its grid is per arm (``grid_span`` decades on
+default and the task's best baseline (see nsf_lab.bench.protocol); its grid is per arm (``grid_span`` decades on
 each side of the arm's snapped reference LR).
 Everything is a pure function of the finished runs, so a resumed sweep plans exactly the same runs.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nsf.experiment.tuner import CRITERIA, Grid, LRTuner
+from nsf_lab.experiment.tuner import CRITERIA, Grid, LRTuner
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Suite:
     seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     budgets: list = field(default_factory=lambda: [0.25, 0.5])
     tune_seeds: list = field(default_factory=lambda: [100])
-    rule: str = "walk"                   # LR search rule of nsf.experiment.tuner: "walk" or "full"
+    rule: str = "walk"                   # LR search rule of nsf_lab.experiment.tuner: "walk" or "full"
     max_points: int | None = None        # the tuner's cap on grid points (None: the rule's default)
     criterion: str = "auto"              # tuning score: "error", "loss", or "auto" (loss for text, else error)
     search: Search | None = None
@@ -173,7 +173,7 @@ def suite_from_dict(d: dict) -> Suite:
     try:
         return _suite_from_dict(dict(d))
     except (TypeError, KeyError, ValueError, AttributeError) as e:
-        from nsf.experiment.sweep import UserError
+        from nsf_lab.experiment.sweep import UserError
         raise UserError(f"invalid suite.json: {type(e).__name__}: {e}") from None
 
 

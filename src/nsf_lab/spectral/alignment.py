@@ -5,7 +5,7 @@ optimizer step; at the steps its cadence selects it evaluates the model on held-
 
 * accuracy and mean cross-entropy,
 * expected calibration error ECE = Σ_b (n_b/N)·|acc_b − conf_b| over equal-width confidence bins
-  (confidence = max softmax probability; :func:`nsf.experiment.metrics.ece`, the bench's ECE), and the mean
+  (confidence = max softmax probability; :func:`nsf_lab.experiment.metrics.ece`, the bench's ECE), and the mean
   confidence,
 * margins: probability margin p_y − max_{j≠y} p_j and logit margin z_y − max_{j≠y} z_j (mean, quantiles,
   fraction negative = error rate).
@@ -24,10 +24,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from nsf.experiment.metrics import classification_metrics
-from nsf.experiment.stats import mean_ci
-from nsf.experiment.tuner import Grid
-from nsf.experiment.util import save_figure, write_json_atomic
+from nsf_lab.experiment.metrics import classification_metrics
+from nsf_lab.experiment.stats import mean_ci
+from nsf_lab.experiment.tuner import Grid
+from nsf_lab.experiment.util import save_figure, write_json_atomic
 
 from . import plots
 from ._common import OptimizerSpec, first_index_below, fmt_ci, grid_dict, loss_levels, skipped_lines
@@ -53,7 +53,7 @@ class AlignmentRecorder:
         rec = AlignmentRecorder(x_test, y_test, early_dense_cadence(len(train_loader)))
         for step, batch in enumerate(loader, 1):
             ...; opt.step()
-            rec(step, model)            # or pass it to nsf.experiment.train.fit as a callback
+            rec(step, model)            # or pass it to nsf_lab.experiment.train.fit as a callback
         rec.history  # dict of lists: step, acc, loss, ece, mean_conf, margins...
 
     ``x``/``y`` are tensors (evaluated in chunks of ``batch_size``); the model is put in eval mode for the

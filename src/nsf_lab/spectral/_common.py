@@ -1,6 +1,6 @@
 """Shared helpers of the spectral instruments: optimizers from registry specs, matched-loss reading, LR tuning.
 
-Seeding, JSON, statistics, data, models and the training loop come from :mod:`nsf.experiment`.
+Seeding, JSON, statistics, data, models and the training loop come from :mod:`nsf_lab.experiment`.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from nsf.experiment.tuner import Decision, Grid, LRTuner, score, tune
-from nsf.experiment.util import jsonable
+from nsf_lab.experiment.tuner import Decision, Grid, LRTuner, score, tune
+from nsf_lab.experiment.util import jsonable
 
 OptimizerSpec = Any  # registry string, registry dict, or callable(params, lr) -> torch.optim.Optimizer
 
@@ -76,7 +76,7 @@ def time_to_learn(steps: Sequence[int], errors: Sequence[float], threshold: floa
 def tune_lr(run: Callable[[float, int], dict], grid: Grid, *, seed: int, criterion: str = "error",
             resolution: float | None = None, cache: dict | None = None, what: str = "") -> Decision:
     """The one LR tuner (rule "full") on ``grid`` with tuning seed ``seed``.  ``run(lr, seed)`` returns the
-    metrics of one run (``error``, ``loss``, ``diverged``), scored by ``nsf.experiment.tuner.score``.  ``cache``
+    metrics of one run (``error``, ``loss``, ``diverged``), scored by ``nsf_lab.experiment.tuner.score``.  ``cache``
     ({str(lr): metrics}) holds finished evaluations and is filled in.  Warns when the choice is flagged
     "edge" or "cap" (the optimum may lie outside what was searched)."""
     cache = {} if cache is None else cache

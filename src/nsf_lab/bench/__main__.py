@@ -1,5 +1,5 @@
 import sys
 
-from nsf.cli import main
+from nsf_lab.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """The analysis of the declared evidence protocol (docs/evidence.md): paired comparisons with Holm-corrected
 CIs and verdicts per claim (C1 test error, C2 test loss, C3 time to target, C4 early alignment), and the power
-analysis.  Pure functions of the finished runs; ``nsf.bench.evidence_md`` renders them.
+analysis.  Pure functions of the finished runs; ``nsf_lab.bench.evidence_md`` renders them.
 
 The arms come as ``{task: {label: Arm}}`` (see :func:`arms_of`); every comparison pairs runs by seed,
 since every arm shares a seed's initialisation and batch order.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nsf.experiment import stats as S
+from nsf_lab.experiment import stats as S
 
 ALPHA = 0.05
 BEST = "best baseline"  # placeholder for the task's best tuned baseline (chosen on validation)
@@ -43,7 +43,7 @@ class Arm:
 
 
 def arms_of(dec) -> dict:
-    """``{task: {label: Arm}}`` from a sweep's decisions (:class:`~nsf.bench.protocol.Decided`): each arm's
+    """``{task: {label: Arm}}`` from a sweep's decisions (:class:`~nsf_lab.bench.protocol.Decided`): each arm's
     finished test runs at its chosen (or derived, or fixed) LR per budget, so a run shared by two arms (a tied
     arm whose config equals another's) serves both."""
     kinds = dec.d.get("arm_kinds") or {}
