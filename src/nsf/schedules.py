@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence as SequenceT
 
 import torch
 
+from ._numbers import positive_int, real
+
 __all__ = [
     "Schedule",
     "Constant",
@@ -31,32 +33,6 @@ __all__ = [
 ]
 
 
-def _finite(name: str, value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer number of steps, got {value!r}")
-    return int(value)
-
-
-def _positive(name: str, value: Any) -> float:
-    value = _finite(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -65,8 +41,8 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 def epochs(n: float, steps_per_epoch: int) -> int:
     """Steps in ``n`` epochs: ``Cyclic(-0.25, 0.25, period=epochs(2, len(loader)))``."""
-    n = _finite("n (epochs)", n)
-    steps_per_epoch = _positive_int("steps_per_epoch", steps_per_epoch)
+    n = real("n (epochs)", n)
+    steps_per_epoch = positive_int("steps_per_epoch", steps_per_epoch)
     steps = round(n * steps_per_epoch)
     if steps <= 0:
         raise ValueError(f"{n} epochs of {steps_per_epoch} steps is less than one step")
@@ -97,7 +73,7 @@ class Schedule:
 
 class Constant(Schedule):
     def __init__(self, value: float):
-        self.value = _finite("value", value)
+        self.value = real("value", value)
 
     def __call__(self, step: int) -> float:
         return self.value
@@ -124,11 +100,11 @@ class Cyclic(Schedule):
     def __init__(self, low: float, high: float, period: int | None = None, shape: str = "triangle",
                  phase: float = 0.0, quantize: float | None = None, *, cycles: float | None = None,
                  total_steps: int | None = None):
-        self.quantize = None if quantize is None else _finite("quantize", quantize)
+        self.quantize = None if quantize is None else real("quantize", quantize)
         if self.quantize is not None and self.quantize <= 0:
             raise ValueError(f"quantize must be > 0 (or None), got {quantize}")
-        self.low = _finite("low", low)
-        self.high = _finite("high", high)
+        self.low = real("low", low)
+        self.high = real("high", high)
         if self.high < self.low:
             raise ValueError(f"high ({high}) must be >= low ({low})")
         if (period is None) == (cycles is None):
@@ -137,21 +113,21 @@ class Cyclic(Schedule):
         if period is not None:
             if total_steps is not None:
                 raise ValueError("total_steps goes with cycles, not with period")
-            self.period, self.cycles, self.total_steps = _positive_int("period", period), None, None
+            self.period, self.cycles, self.total_steps = positive_int("period", period), None, None
             self._length: float = self.period
         else:
             if total_steps is None:
                 raise ValueError(f"cycles={cycles!r} is stated per run: give total_steps (the run's number of "
                                  "optimizer steps), e.g. create_optimizer(spec, params, total_steps=T)")
             self.period = None
-            self.cycles = _positive("cycles", cycles)
-            self.total_steps = _positive_int("total_steps", total_steps)
+            self.cycles = real("cycles", cycles, positive=True)
+            self.total_steps = positive_int("total_steps", total_steps)
             if self.cycles > self.total_steps:
                 raise ValueError(f"cycles ({cycles}) must not exceed total_steps ({total_steps}): a cycle needs "
                                  "at least one step")
             self._length = self.total_steps / self.cycles
         self.shape = _choice("shape", shape, self.SHAPES)
-        self.phase = _finite("phase", phase)
+        self.phase = real("phase", phase)
 
     def __call__(self, step: int) -> float:
         u = (step / self._length + self.phase) % 1.0
@@ -186,9 +162,9 @@ class Anneal(Schedule):
     SHAPES = ("linear", "cosine")
 
     def __init__(self, start: float, end: float, steps: int, shape: str = "linear"):
-        self.start = _finite("start", start)
-        self.end = _finite("end", end)
-        self.steps = _positive_int("steps", steps)
+        self.start = real("start", start)
+        self.end = real("end", end)
+        self.steps = positive_int("steps", steps)
         self.shape = _choice("shape", shape, self.SHAPES)
 
     def __call__(self, step: int) -> float:
@@ -213,7 +189,7 @@ class Sequence(Schedule):
             if not isinstance(seg, (tuple, list)) or len(seg) != 2:
                 raise ValueError(f"segments[{i}] must be a (steps, schedule) pair, got {seg!r}")
             steps, sched = seg
-            self.segments.append((_positive_int(f"segments[{i}] steps", steps), as_schedule(sched)))
+            self.segments.append((positive_int(f"segments[{i}] steps", steps), as_schedule(sched)))
 
     def __call__(self, step: int) -> float:
         for steps, sched in self.segments[:-1]:
@@ -239,7 +215,7 @@ class CallableSchedule(Schedule):
         self.fn = fn
 
     def __call__(self, step: int) -> float:
-        return _finite(f"value returned by {self.fn!r} at step {step}", self.fn(step))
+        return real(f"value returned by {self.fn!r} at step {step}", self.fn(step))
 
     def to_dict(self) -> None:
         return None

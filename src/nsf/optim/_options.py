@@ -6,14 +6,13 @@ Flags must be booleans, so a string such as ``"false"`` cannot silently turn an 
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import schedules as _schedules
+from .._numbers import real
 
 SCALES = ("raw", "sgd", "adam")
 
@@ -24,25 +23,11 @@ _STATE_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16":
                  "float16": torch.float16}
 
 
-def _real(name: str, value: Any, *, positive: bool = False) -> float:
-    """A finite real number ``>= 0`` (``> 0`` if ``positive``) as a Python float."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_complex():
-            raise ValueError(f"Invalid {name}: {value!r}; a tensor {name} must be a real one-element tensor")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"Invalid {name}: {value!r}; it must be a real number")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"Invalid {name}: {value}; it must be a finite number {'> 0' if positive else '>= 0'}")
-    return value
-
-
 def _lr(lr: Any) -> float | Tensor:
     if isinstance(lr, Tensor):
-        _real("lr (learning rate)", lr)  # checks shape and value; the tensor itself is kept (it may be driven)
+        real("lr (learning rate)", lr, nonnegative=True)  # checks shape and value; the tensor itself is kept (it may be driven)
         return lr
-    return _real("lr (learning rate)", lr)
+    return real("lr (learning rate)", lr, nonnegative=True)
 
 
 def _betas(betas: Any) -> tuple[float, float]:
@@ -53,7 +38,7 @@ def _betas(betas: Any) -> tuple[float, float]:
         if isinstance(b, Tensor):
             raise ValueError(f"Invalid betas[{i}]: tensor betas are not supported; give floats (to move them "
                              "during training, use nsf.HyperparamScheduler(opt, 'beta1' or 'beta2', schedule))")
-        b = _real(f"betas[{i}]", b)
+        b = real(f"betas[{i}]", b, nonnegative=True)
         if not b < 1.0:
             raise ValueError(f"Invalid betas[{i}]: {b}; it must lie in [0, 1)")
         out.append(b)
@@ -65,8 +50,8 @@ def checked_options(o: dict[str, Any]) -> dict[str, Any]:
     o = dict(o)
     o["lr"] = _lr(o["lr"])
     o["betas"] = _betas(o["betas"])
-    o["eps"] = _real("eps", o["eps"], positive=True)
-    o["weight_decay"] = _real("weight_decay", o["weight_decay"])
+    o["eps"] = real("eps", o["eps"], positive=True)
+    o["weight_decay"] = real("weight_decay", o["weight_decay"], nonnegative=True)
     for key in _FLAGS:
         if not isinstance(o[key], bool):
             raise ValueError(f"Invalid {key}: {o[key]!r}; expected True or False")

@@ -6,13 +6,12 @@ here as a tuned baseline, implemented from the paper's description and checked a
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
+
+from .._numbers import positive_int, real
 
 __all__ = ["FSGDM", "fsgdm_momentum"]
 
@@ -31,30 +30,16 @@ def fsgdm_momentum(step: int, total_steps: int, n_stages: int = 300, c: float = 
     return s / (s + c * total_steps)
 
 
-def _real(name: str, value: Any, *, positive: bool = False) -> float:
-    """A finite real number (int, float, numpy scalar or one-element tensor), not a bool; ValueError otherwise."""
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"FSGDM: {name} must be a finite real number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"FSGDM: {name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"FSGDM: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _check(options: dict[str, Any]) -> None:
-    _real("lr", options["lr"])
-    _real("weight_decay", options["weight_decay"])
-    _real("c", options["c"], positive=True)
-    _real("v", options["v"], positive=True)
-    _count("n_stages", options["n_stages"])
-    _count("total_steps", options["total_steps"])
+    try:
+        real("lr", options["lr"], nonnegative=True)
+        real("weight_decay", options["weight_decay"], nonnegative=True)
+        real("c", options["c"], positive=True)
+        real("v", options["v"], positive=True)
+        positive_int("n_stages", options["n_stages"])
+        positive_int("total_steps", options["total_steps"])
+    except ValueError as e:
+        raise ValueError(f"FSGDM: {e}") from None
     if not isinstance(options["maximize"], bool):
         raise ValueError(f"FSGDM: maximize must be True or False, got {options['maximize']!r}")
 
