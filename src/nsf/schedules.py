@@ -225,6 +225,7 @@ class CallableSchedule(Schedule):
 
 
 _TYPES = {"constant": Constant, "cyclic": Cyclic, "anneal": Anneal}
+_PARAMETERS = {kind: tuple(inspect.signature(cls).parameters) for kind, cls in _TYPES.items()}  # read once: slow
 
 
 def from_dict(d: dict) -> Schedule:
@@ -246,7 +247,7 @@ def from_dict(d: dict) -> Schedule:
         return Sequence(pairs)
     if kind not in _TYPES:
         raise ValueError(f"unknown schedule type {kind!r}; known: {', '.join([*_TYPES, 'sequence'])}")
-    accepted = inspect.signature(_TYPES[kind]).parameters
+    accepted = _PARAMETERS[kind]
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown:
         raise ValueError(f"a {kind} schedule has no parameter {', '.join(map(str, unknown))}; "
