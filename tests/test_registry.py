@@ -17,6 +17,9 @@ def params():
 
 
 G = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+ONES = torch.ones(3, dtype=torch.float64)
+#: NAdam's momentum coefficients μ_t = β1 (1 - 0.96^(t ψ) / 2) at t = 1, 2 (ψ = momentum_decay = 0.004)
+MU1, MU2 = (0.9 * (1 - 0.5 * 0.96 ** (t * 0.004)) for t in (1, 2))
 
 
 def _graft(d, ref):
@@ -27,15 +30,26 @@ def _graft(d, ref):
 #: (first step: m̂ = g, v̂ = g²; torch's SGD: buffer = g; Adam: g/(|g|+ε) ≈ 1) with the preset lr it must use
 FIRST_STEP = {
     "sgd": -0.05 * G,
-    "adam": -1e-3 * torch.ones(3, dtype=torch.float64),
-    "adamw": -1e-3 * torch.ones(3, dtype=torch.float64),
+    "adam": -1e-3 * ONES,
+    "adamw": -1e-3 * ONES,
     "padam": -0.1 * G / G.sqrt().sqrt(),  # p = 1/8: g / (g²)^(1/8), raw
-    "nsf": -1e-3 * _graft(G, torch.ones(3, dtype=torch.float64)),  # p(0) = 0: momentum's direction, Adam's length
+    "nsf": -1e-3 * _graft(G, ONES),  # p(0) = 0: momentum's direction, Adam's length
     "nsf-fixed": -1.0 * G / G.sqrt(),  # p = 1/4, raw
     "nsf-cyclic": -1e-2 * G * G.sqrt(),  # p(0) = -1/4, raw
     "nsf-cyclic-sgd": -1e-2 * _graft(G * G.sqrt(), G),  # p(0) = -1/4, length of m̂
-    "nsf-cyclic-adam": -1e-3 * _graft(G * G.sqrt(), torch.ones(3, dtype=torch.float64)),
+    "nsf-cyclic-adam": -1e-3 * _graft(G * G.sqrt(), ONES),
     "fsgdm": -0.05 * G,  # buffer starts at 0: b = v·g with v = 1
+    # torch's others at torch's defaults
+    "rmsprop": -0.01 * G / ((0.01 * G**2).sqrt() + 1e-8),  # v = (1 - α) g², α = 0.99
+    "radam": -1e-3 * G,  # ρ_1 = 1 ≤ 5: the unrectified step lr·m̂
+    # NAdam: lr (1-μ1)/(1-μ1) g/d + lr μ2/(1-μ1μ2) m/d with m = (1-β1) g, d = |g| + ε
+    "nadam": -2e-3 * G / (G + 1e-8) * (1 + MU2 * 0.1 / (1 - MU1 * MU2)),
+    "adamax": -2e-3 / 0.1 * (0.1 * G) / (G + 1e-8),  # lr/(1-β1) · m / u, u = max(0, |g| + ε)
+    "adagrad": -0.01 * G / (G + 1e-10),  # sum = g²
+    "adadelta": -1.0 * (1e-6 ** 0.5) * G / (0.1 * G**2 + 1e-6).sqrt(),  # Δ = sqrt(0 + ε)/sqrt(v + ε) g
+    "asgd": -0.01 * G,  # θ(1 - λη) - η g at θ = 0
+    "rprop": -0.01 * G.sign(),  # the initial step size lr, no sign change yet
+    "adafactor": -1e-3 * 0.01 * ONES,  # ρ_1 = min(lr, 1) = 0.01 scaled by max(ε2, RMS(θ) = 0) = 1e-3; g/sqrt(v) = 1
 }
 
 
@@ -79,8 +93,8 @@ def test_dict_and_string_forms_agree_and_are_json():
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid names: sgd, adam, adamw, padam, nsf"):
-        create_optimizer("adamax", params())
+    with pytest.raises(ValueError, match="valid names: sgd, adam, adamw, padam, nsf.*rmsprop.*or an import path"):
+        create_optimizer("adamx", params())
 
 
 def test_unknown_option_names_it_and_lists_options():
@@ -125,12 +139,16 @@ def test_optional_flags_take_none():
     ("nsf:betas=0.9", r"betas must be a pair"),
     ("nsf:betas=(0.9,0.99,0.999)", r"betas must be a pair"),
     ("nsf:betas=(0.9,x)", r"betas must be a pair"),
-    ({"name": "nsf", "betas": (0.9, "x")}, r"betas\[1\] must be a number"),
-    ("nsf:p=banana", "p must be a number"),
-    ("nsf:lr=fast", "lr must be a number"),
-    ("nsf:lr=true", "lr must be a number"),
-    ("nsf:scale=banana", "Invalid scale"),
+    ({"name": "nsf", "betas": (0.9, "x")}, r"betas\[1\] must be a finite real number"),
+    ({"name": "nsf", "eps": float("nan")}, "eps must be a finite real number"),
+    ("nsf:p=banana", "p must be a finite real number"),
+    ("nsf:lr=fast", "lr must be a finite real number"),
+    ("nsf:lr=true", "lr must be a finite real number"),
+    ("nsf:scale=banana", "scale"),
     ("nsf:lr=-1", r"optimizer 'nsf': lr.* must be >= 0"),
+    ("fsgdm:n_stages=2.5", "n_stages must be a positive integer"),
+    ("rmsprop:alpha=-0.5", "alpha"),
+    ("rprop:etas=(0.5,0.9)", "eta"),
     ("nsf:betas=(0.9,1.0)", r"betas\[1\]"),
     ("adam:eps=-1", "epsilon"),
     ("nsf:p=cyclic(0.5,0.25,100)", "high"),

@@ -4,9 +4,9 @@ from . import schedules
 from .groups import param_groups
 from .optim import FSGDM, NSF
 from .optim.defaults import default_cycle
-from .registry import OPTIMIZERS, create_optimizer, parse_spec
+from .registry import OPTIMIZERS, create_optimizer, parse_spec, register_optimizer, spec_to_str
 from .schedules import HyperparamScheduler
 
 __all__ = ["FSGDM", "NSF", "HyperparamScheduler", "OPTIMIZERS", "create_optimizer", "default_cycle", "param_groups",
-           "parse_spec", "schedules"]
+           "parse_spec", "register_optimizer", "schedules", "spec_to_str"]
 __version__ = "0.1.0"

@@ -123,21 +123,14 @@ LR_GRID = Grid.default().points()  # 1e-5 ... 10, half-decades: the bench's shar
 
 def ref_lr(spec) -> float:
     """A spec's natural starting learning rate: its own ``lr``, else a scale-aware guess from the registry."""
-    import inspect
-
-    from nsf.registry import OPTIMIZERS, parse_spec
+    from nsf import NSF
+    from nsf.registry import optimizer_entry, parse_spec
     spec = parse_spec(spec)
-    name = spec["name"]
-    factory, preset = OPTIMIZERS[name]
+    entry = optimizer_entry(spec["name"])
     if "lr" in spec:
         return float(spec["lr"])
-    try:  # effective options = constructor defaults < registry preset (< spec, below)
-        defaults = {k: v.default for k, v in inspect.signature(factory).parameters.items()
-                    if v.default is not inspect.Parameter.empty}
-    except (TypeError, ValueError):
-        defaults = {}
-    preset = {**defaults, **preset}
-    if name.startswith("nsf") or name == "padam":
+    preset = entry.defaults  # effective options = constructor defaults < registry preset (< spec, below)
+    if entry.factory is NSF:
         scale = spec.get("scale", preset.get("scale", "raw"))
         if scale == "adam":
             return 1e-3
