@@ -135,3 +135,14 @@ def test_full_rule_suite_tunes_every_seed_on_the_whole_grid_and_flags_one_sample
     # the quarter-decade neighbours are 0.000625 worse: less than one of the ~130 validation samples
     assert pl.resolution("digits-mlp-tiny") > 0.000625 and d.flags == ["within-one-sample"]
     assert pl.decisions()["tuning"]["digits-mlp-tiny"]["Adam"]["flags"] == ["within-one-sample"]
+
+
+@pytest.mark.parametrize("spec", ["nsf", "nsf-cyclic-adam:lr=0.01", "fsgdm", "torch.optim:RAdam,betas=(0.8,0.9)"])
+def test_arm_configs_are_make_config_at_each_lr_and_seed(spec):
+    """The planner builds an arm's part of a config once: each config and run id as make_config's own."""
+    from nsf_lab.bench.protocol import arm_configs
+    for task, budget, split in [("digits-mlp-tiny", 1.0, "val"), ("mnist1d-mlp", 0.25, "test")]:
+        config = arm_configs(task, spec, budget, split)
+        for lr, seed in [(1e-3, 0), (10 ** -2.5, 7), (1, 3)]:
+            want = make_config(task, spec, lr, seed, budget, split)
+            assert config(lr, seed) == want and run_id(config(lr, seed)) == run_id(want)

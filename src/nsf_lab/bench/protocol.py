@@ -32,6 +32,13 @@ def spec_key(spec) -> str:
     return json.dumps(parse_spec(spec), sort_keys=True)
 
 
+def arm_configs(task: str, spec, budget: float, split: str):
+    """``f(lr, seed)`` = ``make_config(task, spec, lr, seed, budget, split)``: an arm's configs differ only in lr
+    and seed, so its spec is pinned and its task described once (the planner makes thousands per plan)."""
+    base = make_config(task, spec, 0.0, 0, budget, split)
+    return lambda lr, seed: {**base, "lr": float(lr), "seed": int(seed)}
+
+
 def is_text(task: str) -> bool:
     return get_task(task).dataset == "shakespeare"
 
@@ -65,8 +72,6 @@ class Planner:
         (rule "full" reads the validation set's size for its one-sample flag).  ``announce``: print (stderr)
         the estimated total number of runs once the search is decided."""
         self.announce = announce
-        self._memo: dict = {}
-        self._ids: dict[int, tuple[dict, str]] = {}
         self.suite = get_suite(suite) if isinstance(suite, str) else suite
         self.store = store
         self.data_root = data_root
@@ -79,12 +84,8 @@ class Planner:
         return None if r is not None and self._stale.get(rid) is r else r
 
     def rec(self, config: dict) -> dict | None:
-        """The finished record of ``config``; its run id is hashed once per config object (the planner's configs
-        are memoised and never mutated, and the whole plan is recomputed after every finished run)."""
-        hit = self._ids.get(id(config))
-        if hit is None or hit[0] is not config:
-            hit = self._ids[id(config)] = (config, run_id(config))  # the config is kept: its id is not reused
-        return self._get(hit[1])
+        """The finished record of ``config`` (None while it has not run)."""
+        return self._get(run_id(config))
 
     # -- LR tuning -----------------------------------------------------------------------------------------
     def criterion(self, task: str) -> str:
@@ -103,36 +104,22 @@ class Planner:
             self._resolution[task] = 1.0 / eval_size(task, "val", self.data_root)
         return self._resolution[task]
 
-    # -- memoised pure functions (checking a spec builds an optimizer: too slow to repeat in every plan) -------
-    def _cached(self, f, *args):
-        k = (f.__name__,) + tuple(a if isinstance(a, (str, int, float)) else json.dumps(a, sort_keys=True)
-                                  for a in args)  # numbers as themselves: each function takes floats as floats
-        if k not in self._memo:
-            self._memo[k] = f(*args)
-        return self._memo[k]
-
-    def parse(self, spec) -> dict:
-        return copy.deepcopy(self._cached(parse_spec, spec))
-
-    def config(self, task: str, spec, lr: float, seed: int, budget: float, split: str) -> dict:
-        """:func:`make_config` (the planner never mutates a config; :meth:`plan` hands out copies)."""
-        return self._cached(make_config, task, spec, lr, seed, budget, split)
-
     def tuner(self, task: str, spec) -> LRTuner:
         s = self.suite
-        ref = self._cached(ref_lr, spec)
+        ref = ref_lr(spec)
         return LRTuner(ref, arm_grid(ref, s.grid_span), rule=s.rule, seeds=s.tune_seeds, max_points=s.max_points,
                        resolution=self.resolution(task))
 
     def tune(self, task: str, spec, budget: float = 1.0):
         """(configs still needed, Decision or None while unfinished, {lr: tuning records} of the decision)."""
-        spec = self.parse(spec)
+        spec = parse_spec(spec)
         tuner, crit = self.tuner(task, spec), self.criterion(task)
+        config = arm_configs(task, spec, budget, "val")
         scores, recs = {}, {}
         while True:
             todo = []
             for lr in tuner.pending(scores):
-                cfgs = [self.config(task, spec, lr, s, budget, "val") for s in tuner.seeds]
+                cfgs = [config(lr, s) for s in tuner.seeds]
                 got = [self.rec(c) for c in cfgs]
                 todo += [c for c, r in zip(cfgs, got) if r is None]
                 if all(r is not None for r in got):
@@ -233,8 +220,9 @@ class Planner:
                     out += [(c, {"stage": "tune", "label": label}) for c in todo]
                     continue
                 for b in self.budgets(label):
+                    config = arm_configs(task, spec, b, "test")
                     for seed in self.suite.seeds:
-                        c = self.config(task, spec, d.lr, seed, b, "test")
+                        c = config(d.lr, seed)
                         if self.rec(c) is None:
                             out.append((c, {"stage": "seeds" if b == 1.0 else "budget", "label": label}))
         order = {t: i for i, t in enumerate(self.suite.search.tasks if self.suite.search else [])}
@@ -249,11 +237,11 @@ class Planner:
         w = dict(opts)["NSF default"]
         out = [{"label": label, "kind": "tuned", "spec": spec} for label, spec in opts]
         raw = {"name": "nsf", "p": {**w["p"], "low": 0.25, "high": 0.5}, "scale": "raw"}
-        out += [{"label": label, "kind": "tied", "spec": self.parse(spec), "base": base, "decades": k}
+        out += [{"label": label, "kind": "tied", "spec": parse_spec(spec), "base": base, "decades": k}
                 for label, spec, base, k in [("NSF-adam tied", {**w, "scale": "adam"}, "Adam", 0),
                                              ("NSF-sgd tied", {**w, "scale": "sgd"}, "SGD-M", 1),
                                              ("NSF-raw[1/4,1/2] tied", raw, "Adam", 0)]]
-        out += [{"label": label, "kind": "one-shot", "spec": self.parse(spec), "lr": lr}
+        out += [{"label": label, "kind": "one-shot", "spec": parse_spec(spec), "lr": lr}
                 for label, spec, lr in [("Adam 1e-3", "adam", 1e-3), ("NSF-adam 1e-3", {**w, "scale": "adam"}, 1e-3),
                                         ("SGD-M 0.1", "sgd", 0.1), ("NSF-sgd 1.0", {**w, "scale": "sgd"}, 1.0)]]
         return out
@@ -303,8 +291,9 @@ class Planner:
             spec, m = spec_of[label]
             lrs = [(1.0, d["lr"])] + [(float(b), x["lr"]) for b, x in d.get("budgets", {}).items()]
             for b, lr in lrs:
+                config = arm_configs(task, spec, b, "test")
                 for seed in self.suite.seeds:
-                    c = self.config(task, spec, lr, seed, b, "test")
+                    c = config(lr, seed)
                     if self.rec(c) is None:
                         todo.append((c, {"stage": "seeds" if b == 1.0 else "budget", **m}))
         return todo, dec, best
@@ -329,7 +318,7 @@ class Planner:
             rid = run_id(c)
             if rid not in seen and self._get(rid) is None:
                 seen.add(rid)
-                out.append((copy.deepcopy(c), {**m, "suite": self.suite.name}))
+                out.append((c, {**m, "suite": self.suite.name}))
         return out
 
     # -- decisions -----------------------------------------------------------------------------------------
