@@ -50,7 +50,7 @@ def test_smoke_plan_is_finished_and_seeds_use_chosen_lr(smoke_dir):
     pl = Planner(suite, RunStore(smoke_dir))
     assert pl.plan() == []
     dec = load(smoke_dir)
-    assert dec.d == json.loads(json.dumps(pl.decisions()))  # decisions.json holds what the planner decided
+    assert dec.decisions == json.loads(json.dumps(pl.decisions()))  # decisions.json holds what the planner decided
     _, opts = pl.optimizers()
     assert dec.optimizers() == opts
     for label, spec in opts:

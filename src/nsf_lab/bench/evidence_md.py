@@ -21,7 +21,7 @@ def is_evidence(dec) -> bool:
     return getattr(dec.suite, "protocol", None) == "evidence" or dec.suite.name.startswith("evidence")
 
 
-def test_size(task: str, data_root: str | None = None) -> int | None:
+def count_test_examples(task: str, data_root: str | None = None) -> int | None:
     """Examples (characters for text) in a task's test set; None where the data cannot be loaded here."""
     from .protocol import eval_size
     try:
@@ -33,8 +33,8 @@ def test_size(task: str, data_root: str | None = None) -> int | None:
 def analyse(dec, data_root: str | None = None) -> dict:
     recs = list(dec.store.records().values())
     arms = V.arms_of(dec)
-    best = {t: (dec.d.get("best_baseline") or {}).get(t) for t in arms}  # chosen on validation by the planner
-    n_test = {t: test_size(t, data_root) for t in arms}
+    best = {t: (dec.decisions.get("best_baseline") or {}).get(t) for t in arms}  # chosen on validation by the planner
+    n_test = {t: count_test_examples(t, data_root) for t in arms}
     curves_of = lambda r: dec.store.curves(r["run_id"])  # noqa: E731
     c12 = V.claim_c1_c2(arms, best, n_test)
     ttt = {}
@@ -71,7 +71,7 @@ def _budget(x: float) -> str:
 
 def banner(dec, n_done: int) -> list[str]:
     """The PARTIAL banner of an unfinished sweep (never shown as finished)."""
-    d = dec.d or {}
+    d = dec.decisions or {}
     if d.get("complete"):
         return [f"Complete: all {n_done} planned runs finished.\n"]
     from .protocol import dry_run

@@ -358,17 +358,17 @@ class Decided:
     """Read side of a sweep for the report: the recorded decisions plus the finished runs they point to."""
 
     def __init__(self, suite: Suite, store: RunStore, decisions: dict):
-        self.suite, self.store, self.d = suite, store, decisions
+        self.suite, self.store, self.decisions = suite, store, decisions
         self._by_id = store.records()
 
     def optimizers(self) -> list[tuple[str, dict]]:
-        return [(label, spec) for label, spec in self.d.get("arms") or []]
+        return [(label, spec) for label, spec in self.decisions.get("arms") or []]
 
     def search(self) -> dict | None:
-        return self.d.get("search")
+        return self.decisions.get("search")
 
     def tuning(self, task: str, label: str) -> dict | None:
-        return self.d["tuning"].get(task, {}).get(label)
+        return self.decisions["tuning"].get(task, {}).get(label)
 
     def final_runs(self, task: str, label: str, spec, budget: float = 1.0) -> list[dict]:
         """The finished, not failed, test runs of an arm at its chosen LR."""

@@ -46,9 +46,9 @@ def arms_of(dec) -> dict:
     """``{task: {label: Arm}}`` from a sweep's decisions (:class:`~nsf_lab.bench.protocol.Decided`): each arm's
     finished test runs at its chosen (or derived, or fixed) LR per budget, so a run shared by two arms (a tied
     arm whose config equals another's) serves both."""
-    kinds = dec.d.get("arm_kinds") or {}
+    kinds = dec.decisions.get("arm_kinds") or {}
     out: dict = {}
-    for task, decided in (dec.d.get("tuning") or {}).items():
+    for task, decided in (dec.decisions.get("tuning") or {}).items():
         arms = out[task] = {}
         for label, spec in dec.optimizers():
             t = decided.get(label)
