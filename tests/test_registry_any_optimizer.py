@@ -258,3 +258,27 @@ def test_a_registered_optimizer_runs_through_a_spectral_instrument(toy):
     assert data["settings"]["optimizers"] == ["toy-lion"] and Lion.steps > steps
     result = data["results"]["equal"]["toy-lion"]
     assert result["lr"] > 0 and len(result["runs"]) == 1 and not result["runs"][0]["diverged"]
+
+
+def test_option_kinds_come_from_defaults_then_annotations_even_unevaluable_ones():
+    def make(params, lr=0.1, steps=3, betas=(0.9, None), scale="raw", nesterov=False, *,
+             foreach: "bool | None" = None, label: "Optional[str]" = None,
+             dtype: "Undefined | None" = None):  # noqa: F821 -- an annotation that cannot be evaluated
+        return torch.optim.SGD(params, lr=lr)
+
+    register_optimizer("toy-kinds", make)
+    try:
+        kinds = {k: (o.kind, o.optional) for k, o in OPTIMIZERS["toy-kinds"].options.items()}
+        assert kinds == {"lr": ("number", False), "steps": ("number", False), "betas": ("numbers", False),
+                         "scale": ("word", False), "nesterov": ("flag", False), "foreach": ("flag", True),
+                         "label": ("word", True), "dtype": ("literal", True)}
+        d = parse_spec("toy-kinds:steps=5,betas=(0.5,None),scale=sgd,nesterov=yes,foreach=none,label=x,"
+                       "dtype=float32")
+        assert d == {"name": "toy-kinds", "steps": 5, "betas": [0.5, None], "scale": "sgd", "nesterov": True,
+                     "foreach": None, "label": "x", "dtype": "float32"}
+        with pytest.raises(ValueError, match=r"betas\[1\] must be a finite real number"):
+            parse_spec({"name": "toy-kinds", "betas": (0.5, "x")})
+        with pytest.raises(ValueError, match="'name' names the optimizer"):
+            parse_spec("toy-kinds:name=adam")
+    finally:
+        registry._ENTRIES.pop("toy-kinds", None)

@@ -107,7 +107,7 @@ def _schedule(key: str, value: Any) -> Any:
 def _plain_types(annotation: Any) -> set:
     """The plain types an annotation allows (``bool | None`` -> {bool, NoneType}); empty when it allows others."""
     if isinstance(annotation, str):  # an annotation that could not be evaluated: read its words
-        words = set(re.split(r"[\s|\[\],]+", annotation)) - {"", "Optional", "Union", "typing.Optional"}
+        words = set(re.split(r"[\s|\[\],]+", annotation.replace("typing.", ""))) - {"", "Optional", "Union"}
         return {_PLAIN[w] for w in words} if words <= set(_PLAIN) else set()
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         parts = [_plain_types(a) for a in typing.get_args(annotation)]

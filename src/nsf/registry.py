@@ -83,6 +83,8 @@ def _entry(name: str, factory: Callable, preset: Mapping[str, Any] | None = None
 
 
 def _check_names(entry: OptimizerEntry, options: Mapping[str, Any]) -> None:
+    if "name" in options:
+        raise ValueError(f"optimizer {entry.name!r}: 'name' names the optimizer, it cannot be an option")
     unknown = sorted(k for k in options if k not in entry.options)
     if unknown and not entry.takes_any_option:
         raise ValueError(f"optimizer {entry.name!r} has no option {', '.join(unknown)}; its options: "
