@@ -282,3 +282,35 @@ def test_option_kinds_come_from_defaults_then_annotations_even_unevaluable_ones(
             parse_spec("toy-kinds:name=adam")
     finally:
         registry._ENTRIES.pop("toy-kinds", None)
+
+
+WORKER_SCRIPT = '''
+import os, torch
+import nsf
+from nsf_lab.spectral._common import map_seeds
+
+class Toy(torch.optim.SGD):
+    pass
+
+nsf.register_optimizer("toy-worker", Toy, preset={"lr": 0.5})  # top level: workers re-import the script
+
+def build(seed):
+    return os.getpid(), [type(nsf.create_optimizer(spec, [torch.zeros(2, requires_grad=True)])).__name__
+                         for spec in ("toy-worker", "torch.optim:RAdam,lr=0.01")]
+
+if __name__ == "__main__":
+    for pid, names in map_seeds(build, [0, 1], workers=2):
+        print(pid != os.getpid(), *names)
+'''
+
+
+def test_a_name_registered_at_a_scripts_top_level_and_an_import_path_work_in_worker_processes(tmp_path):
+    """``--workers N`` pools start by spawn or forkserver: both re-import the main script, so its registrations
+    exist there; an import path needs nothing."""
+    import subprocess
+    import sys
+    script = tmp_path / "script.py"
+    script.write_text(WORKER_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["True Toy RAdam", "True Toy RAdam"]
