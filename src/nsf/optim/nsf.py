@@ -1,4 +1,4 @@
-"""NSF: Adam with a signed, scheduled second-moment exponent p (SPEC.md §2): the class, its validation, and
+"""NSF: Adam with a signed, scheduled second-moment exponent p (docs/method.md): the class, its validation, and
 the dispatch to the three paths — ``_single_tensor_nsf`` (``_reference.py``: the specification),
 ``_multi_tensor_nsf`` (``_foreach.py``) and ``_fused_nsf`` (``_fused.py``), both proven equal to the reference
 by the tests (tests/test_optim_reference.py, tests/test_optim_fast.py).
