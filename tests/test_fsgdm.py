@@ -136,9 +136,9 @@ def test_registry_builds_it_with_total_steps():
 
 @pytest.mark.parametrize("bad, match", [
     ({"total_steps": 0}, "total_steps"), ({"total_steps": 2.5}, "total_steps"), ({"total_steps": True}, "total_steps"),
-    ({"n_stages": 0}, "n_stages"), ({"c": 0.0}, "c must be > 0"), ({"c": float("nan")}, "c must be a finite"),
-    ({"v": 0}, "v must be > 0"), ({"lr": -0.1}, "lr must be >= 0"), ({"weight_decay": -1e-4}, "weight_decay"),
-    ({"lr": "0.1"}, "lr must be a finite"), ({"maximize": 1}, "maximize"),
+    ({"n_stages": 0}, "n_stages"), ({"c": 0.0}, "Invalid c: 0.0; it must be a finite number > 0"), ({"c": float("nan")}, "Invalid c: nan"),
+    ({"v": 0}, "Invalid v: 0.0"), ({"lr": -0.1}, "Invalid lr: -0.1; it must be a finite number >= 0"), ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"lr": "0.1"}, "Invalid lr: '0.1'; it must be a real number"), ({"maximize": 1}, "maximize"),
 ])
 def test_bad_inputs_raise_clear_value_errors(bad, match):
     q = torch.zeros(2, requires_grad=True)

@@ -119,7 +119,7 @@ def test_values_are_checked_without_building_an_optimizer(monkeypatch):
         parse_spec("adam:eps=-1")
     with pytest.raises(ValueError, match="optimizer 'nsf'.*betas"):
         parse_spec("nsf:betas=(0.9,1.5)")
-    with pytest.raises(ValueError, match="FSGDM: c must be > 0"):
+    with pytest.raises(ValueError, match="FSGDM: Invalid c: 0.0; it must be a finite number > 0"):
         parse_spec("fsgdm:c=0")
 
 
@@ -276,7 +276,7 @@ def test_option_kinds_come_from_defaults_then_annotations_even_unevaluable_ones(
                        "dtype=float32")
         assert d == {"name": "toy-kinds", "steps": 5, "betas": [0.5, None], "scale": "sgd", "nesterov": True,
                      "foreach": None, "label": "x", "dtype": "float32"}
-        with pytest.raises(ValueError, match=r"betas\[1\] must be a finite real number"):
+        with pytest.raises(ValueError, match=r"Invalid betas\[1\]: 'x'; it must be a real number"):
             parse_spec({"name": "toy-kinds", "betas": (0.5, "x")})
         with pytest.raises(ValueError, match="'name' names the optimizer"):
             parse_spec("toy-kinds:name=adam")

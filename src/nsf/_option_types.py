@@ -90,17 +90,13 @@ def _plain(key: str, value: Any) -> Any:
 
 
 def _schedule(key: str, value: Any) -> Any:
-    """A number or a canonical schedule description; a per-run cycle is checked and kept without its length."""
+    """A number or a canonical schedule description."""
     if callable(value) and not isinstance(value, torch.Tensor):  # a Schedule, or a plain f(step)
         if not isinstance(value, schedules.Schedule) or value.to_dict() is None:
             raise ValueError(f"{key}: a plain-callable schedule cannot be part of a spec")
         value = value.to_dict()
     if isinstance(value, dict):
-        unresolved = "cycles" in value and "total_steps" not in value
-        d = schedules.from_dict(schedules.per_run(value, 1_000_000 if unresolved else None)).to_dict()
-        if unresolved:
-            del d["total_steps"]
-        return d
+        return schedules.from_dict(value).to_dict()  # a cycle stated per run stays so: create_optimizer gives T
     return number(key, value)
 
 

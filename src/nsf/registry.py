@@ -33,6 +33,8 @@ __all__ = ["OPTIMIZERS", "OptimizerEntry", "create_optimizer", "optimizer_entry"
            "register_optimizer", "spec_to_str"]
 
 _EMPTY = "optimizer got an empty parameter list"  # torch.optim.Optimizer's refusal of no parameters
+#: option kinds that a factory's signature does not tell (NSF's p defaults to None, the library's default cycle)
+_KINDS_NOT_IN_SIGNATURE = {NSF: {"p": "schedule"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +73,7 @@ def _entry(name: str, factory: Callable, preset: Mapping[str, Any] | None = None
     """``factory``'s entry: its options read once from its signature (``types``: kinds declared by name), its
     preset in canonical form (as a spec's options are)."""
     declared = {}
-    for key, kind in (types or {}).items():
+    for key, kind in {**_KINDS_NOT_IN_SIGNATURE.get(factory, {}), **(types or {})}.items():
         if kind not in KINDS:
             raise ValueError(f"option {key!r}: unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
         declared[key] = Option(kind, optional=kind == "literal")
