@@ -1,6 +1,6 @@
 """NSF for JAX: the update of SPEC.md §2 as an optax ``GradientTransformation``.
 
-The arithmetic follows the torch reference (``nsf/optim/_reference.py``, ``NSF(foreach=False)``) op for op, and
+The arithmetic follows the torch single-tensor path (``NSF(foreach=False)``, ``optim/_single_tensor.py``) op for op, and
 tests/test_optax.py proves the two equal step for step. Needs the optional extra: ``pip install "nsf[jax]"``.
 
     import optax, nsf.optax
