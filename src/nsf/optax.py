@@ -1,6 +1,6 @@
 """NSF for JAX: the update of ``nsf.NSF`` (docs/method.md) as an optax ``GradientTransformation``.
 
-The update is the torch reference step (``nsf/optim/_reference.py``: the same formulas, the same guards and the
+The update is the torch reference step (``nsf.optim.reference_step`` as the runtime paths form it, ``nsf/optim/_single_tensor.py``: the same formulas, the same guards and the
 same non-finite masking, written in jnp); tests/test_optax.py checks that the two give equal updates step for
 step, to 1e-12 relative in float64 and to float32 rounding otherwise. Needs the optional extra:
 ``pip install "nsf[jax]"``.
@@ -184,7 +184,7 @@ def _graft_ratio(d_norm: jax.Array, r_norm: jax.Array, bc1: jax.Array) -> jax.Ar
 def _step(m: jax.Array, v: jax.Array, bc1: jax.Array, bc2: jax.Array, p: jax.Array, eps: Any,
           scale: str) -> jax.Array:
     """The step per unit learning rate from the moments and the bias corrections bc = 1 − β^t, as the torch
-    reference forms it (``_reference_step``).
+    reference forms it (``nsf.optim.reference_step``; the overflow-safe form of ``_single_tensor._step_per_unit_lr``).
 
     The grafted scales form the direction from the raw moments up to a positive factor (m·(v/k)^|p| with k the
     largest finite v for p ≤ 0, so it cannot overflow; m/(v^p + ε·bc2^p) for p > 0), count an overflowed v as
