@@ -34,7 +34,7 @@ def train(model, opt, steps: int, data=None) -> list[float]:
 
 
 class SpecNSF:
-    """SPEC.md §2 written out directly (float64, one tensor at a time), independent of nsf's code."""
+    """The update of docs/method.md written out directly (float64, one tensor at a time), independent of nsf's code."""
 
     def __init__(self, params, lr, p, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, scale="raw",
                  amsgrad=False, decoupled=False, maximize=False):

@@ -1,4 +1,5 @@
-"""NSF's update against torch's optimizers, against SPEC.md §2 written out independently, and path vs path."""
+"""NSF's update against torch's optimizers, against docs/method.md's update written out independently, and path
+vs path."""
 
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def test_registry_padam_is_nsf_with_amsgrad_and_p_eighth():
     assert isinstance(opt, nsf.NSF) and group["amsgrad"] and float(group["p"]) == 0.125
 
 
-# --- SPEC §2 for any p, scale, option ---------------------------------------------------------------------
+# --- docs/method.md's update for any p, scale, option ----------------------------------------------------
 
 @pytest.mark.parametrize("foreach", FOREACH)
 @pytest.mark.parametrize("scale", ["raw", "sgd", "adam"])
@@ -348,7 +349,7 @@ def test_property_paths_agree_and_stay_finite(shape, p, log_scale, scale, amsgra
         results.append(theta.detach())
     # the foreach path takes exp(|p|·log v) for general p: a few float64 ulps from pow, compounded over steps
     torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=0)
-    # and both equal SPEC §2 written out independently
+    # and both equal docs/method.md's update written out independently
     theta = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
     spec = SpecNSF([theta], lr=1e-3, p=p, scale=scale, amsgrad=amsgrad)
     for g in grads:

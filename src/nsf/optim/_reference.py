@@ -1,4 +1,4 @@
-"""The specification of the NSF step (SPEC.md §2): the overflow-safe reference step, the graft, the compute
+"""The specification of the NSF step (docs/method.md): the overflow-safe reference step, the graft, the compute
 dtype, and ``_single_tensor_nsf``, the readable reference path. A leaf module: every other path imports it
 and is proven equal to it by the tests (tests/test_optim_reference.py, tests/test_optim_fast.py).
 """
@@ -18,8 +18,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _direction(m_hat: Tensor, v_hat: Tensor, p: Tensor, eps: float) -> Tensor:
-    """The raw step per unit learning rate (SPEC §2): m̂/(v̂^p + ε) for p > 0, m̂·v̂^|p| for p ≤ 0 (v̂^p with
-    p < 0 is never formed, so zero gradients stay a no-op)."""
+    """The raw step per unit learning rate (docs/method.md): m̂/(v̂^p + ε) for p > 0, m̂·v̂^|p| for p ≤ 0
+    (v̂^p with p < 0 is never formed, so zero gradients stay a no-op)."""
     v_pow = v_hat.pow(p.abs())
     return torch.where(p > 0, m_hat / (v_pow + eps), m_hat * v_pow)
 
@@ -68,7 +68,7 @@ def _graft_ratio_host(d_norm: float, r_norm: float, bc1: float) -> float:
 
 def _reference_step(m: Tensor, v: Tensor, bc1, bc2, p: Tensor, eps: float, scale: str) -> Tensor:
     """The step per unit learning rate from the moments m, v and the bias corrections bc1 = 1 − β1^t,
-    bc2 = 1 − β2^t (SPEC §2). The grafted scales keep, per tensor, the length of the reference step
+    bc2 = 1 − β2^t (docs/method.md). The grafted scales keep, per tensor, the length of the reference step
     (m̂ for ``"sgd"``, m̂/(√v̂ + ε) for ``"adam"``), both lengths taken over the finite coordinates."""
     if scale == "raw":
         return _direction(m / bc1, v / bc2, p, eps)

@@ -1,4 +1,4 @@
-"""Suites and the benchmark protocol (SPEC.md §5).
+"""Suites and the benchmark protocol (docs/bench.md, docs/evidence.md).
 
 Protocol, per task:
   stage "tune"   each optimizer's base LR is chosen on the validation split (carved from the training set)
