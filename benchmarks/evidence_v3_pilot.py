@@ -5,7 +5,9 @@ one seed, on the **validation split**, one torch thread per run, one run at a ti
 metrics, curves, wall time, the machine's load average before and after) is appended to
 ``benchmarks/results/evidence_v3_pilot/runs.jsonl`` (resumable: finished runs are skipped).  ``--table`` prints
 the pilot table: per run seconds with load, final validation error/loss (also at the fitted temperature), and the
-convergence check of docs/evidence_v3.md on the best run of each task.
+convergence checks of docs/evidence_v3.md per run; ``--estimate`` the evidence3 suite's compute.  The committed
+records were made when fashion-resnet-20k had 15 epochs (the first candidate; the declared task has 30): every
+record holds the task definition it ran.
 
     PYTHONPATH=src python3 benchmarks/evidence_v3_pilot.py --group all
     PYTHONPATH=src python3 benchmarks/evidence_v3_pilot.py --table --estimate
