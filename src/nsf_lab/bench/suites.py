@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from nsf_lab.experiment.tuner import CRITERIA, Grid, LRTuner
 
+SEARCH_SCORES = CRITERIA + ("relative",)
+
 
 @dataclass
 class Search:
@@ -32,13 +34,18 @@ class Search:
     periods: list = field(default_factory=list)  # stage B (old form): the winner of A at each period x shape
     shapes: list = field(default_factory=list)
     variants: list | None = None  # stage B (new form): the winner with each of these overrides of its p
-    score: str = "error"    # the mean over tasks ranked by "error" (loss breaks ties) or "loss" (error breaks ties)
+    # the mean over tasks ranked by "error" (loss breaks ties) or "loss" (error breaks ties); or "relative": the
+    # mean over tasks of the tuned criterion over the best candidate's on that task (scale-free across tasks)
+    score: str = "error"
+    label: str | None = None  # None: the winner is "NSF default"; else an extra tuned arm of this label
 
     def __post_init__(self):
-        if self.score not in CRITERIA:
-            raise ValueError(f"search score must be one of {CRITERIA}, got {self.score!r}")
+        if self.score not in SEARCH_SCORES:
+            raise ValueError(f"search score must be one of {SEARCH_SCORES}, got {self.score!r}")
 
     def rank(self, row: dict) -> tuple:
+        if self.score == "relative":
+            return row["relative"], row["error"]
         return (row["error"], row["loss"]) if self.score == "error" else (row["loss"], row["error"])
 
     def stage_b(self, winner: dict) -> list:
@@ -55,7 +62,7 @@ class Search:
         return out
 
 
-PROTOCOLS = ("standard", "evidence")
+PROTOCOLS = ("standard", "evidence", "evidence3")
 
 
 def arm_grid(ref: float, span: float | None) -> Grid:
@@ -85,8 +92,11 @@ class Suite:
     search: Search | None = None
     extra: list = field(default_factory=list)  # (label, spec) from the command line
     grid_span: float | None = None       # per-arm grid: this many decades each side of the arm's reference LR
-    protocol: str = "standard"           # "standard" or "evidence" (tied and one-shot arms, re-tuned budgets)
+    protocol: str = "standard"           # "standard", "evidence" (tied and one-shot arms, re-tuned budgets), "evidence3"
     fixed_p: list | None = None          # the ablations' fixed p values (None: low, centre, high of the cycle)
+    one_shot_tasks: list | None = None   # evidence3: the tasks with one-shot arms (None: every task)
+    budget_tasks: list | None = None     # evidence3: the tasks with budget runs (C3; None: every task)
+    reference_budget: float | None = None  # evidence3: the best baseline's longer run (validation, tuning seeds)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -134,6 +144,22 @@ EVIDENCE_SMOKE_SEARCH = Search(
     variants=[{"cycles": 1.0}, {"cycles": 2.0}], score="loss",
 )
 
+
+def library_default() -> dict:
+    """The library default as a spec stated per run: its p cycle (adam-grafted, on multiples of ⅛) at
+    ``DEFAULT_CYCLES`` cycles per run, so that every cycle completes whatever the run's length."""
+    from nsf.optim.defaults import DEFAULT_CYCLES, DEFAULT_P, DEFAULT_SCALE
+    p = {k: v for k, v in DEFAULT_P.to_dict().items() if k != "period"}
+    return {"name": "nsf", "p": {**p, "cycles": float(DEFAULT_CYCLES)}, "scale": DEFAULT_SCALE}
+
+
+# docs/evidence_v3.md: the paper's own form (raw step, p cycling across zero), its range chosen on validation
+RAW_RANGES = [(-0.25, 0.5), (-0.5, 0.5), (-0.25, 0.25)]
+EVIDENCE3_TASKS = ["mnist1d-mlp", "fashion-mlp-long", "fashion-resnet-20k", "shakespeare-charlm-2k"]
+EVIDENCE3_SEARCH = Search(tasks=EVIDENCE3_TASKS[:2], stage_a=[{"name": "nsf", "p": _per_run(lo, hi), "scale": "raw"}
+                                                              for lo, hi in RAW_RANGES],
+                          variants=[], score="relative", label="NSF raw signed-p")
+
 SUITES = {
     "smoke": Suite("smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam")], default="nsf",
                    ablations=False, seeds=[0, 1], budgets=[0.5], max_points=3),
@@ -151,6 +177,17 @@ SUITES = {
                                                                      ("FSGDM", "fsgdm")], default=None,
                             seeds=[0, 1], budgets=[0.5], tune_seeds=[100], rule="full", max_points=5,
                             criterion="loss", search=EVIDENCE_SMOKE_SEARCH, grid_span=0.5, protocol="evidence"),
+    "evidence3": Suite("evidence3", EVIDENCE3_TASKS, BASELINES + [("FSGDM", "fsgdm")], default=library_default(),
+                       ablations=False, seeds=list(range(10)), budgets=[0.25, 0.5], tune_seeds=[100, 101, 102],
+                       rule="full", criterion="loss_ts", search=EVIDENCE3_SEARCH, grid_span=1.0, protocol="evidence3",
+                       one_shot_tasks=EVIDENCE3_TASKS[:2], budget_tasks=EVIDENCE3_TASKS[:2], reference_budget=2.0),
+    "evidence3-smoke": Suite("evidence3-smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam"),
+                                                                       ("FSGDM", "fsgdm")],
+                             default=library_default(), ablations=False, seeds=[0, 1], budgets=[0.5],
+                             tune_seeds=[100, 101], rule="full", max_points=5, criterion="loss_ts",
+                             search=Search(tasks=["digits-mlp-tiny"], stage_a=EVIDENCE3_SEARCH.stage_a[:2], variants=[],
+                                           score="relative", label="NSF raw signed-p"),
+                             grid_span=0.5, protocol="evidence3", reference_budget=2.0),
 }
 
 
