@@ -38,9 +38,8 @@ def build_optimizer(spec: str, params, lr: float, zero: bool):
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     d = nsf.registry.parse_spec(spec)
-    name = d.pop("name")
-    factory, preset = nsf.registry.OPTIMIZERS[name]
-    return ZeroRedundancyOptimizer(params, optimizer_class=factory, lr=lr, **{**preset, **d})
+    entry = nsf.registry.optimizer_entry(d.pop("name"))
+    return ZeroRedundancyOptimizer(params, optimizer_class=entry.factory, lr=lr, **{**entry.preset, **d})
 
 
 def train(model, opt, ds, idx_list, rank: int, world: int) -> tuple[list[float], float]:

@@ -11,6 +11,8 @@ Pure functions of the finished runs, like the rest of :mod:`nsf_lab.bench.protoc
 """
 from __future__ import annotations
 
+from nsf.registry import parse_spec
+from nsf_lab.experiment.store import make_config
 from nsf_lab.experiment.tasks import get_task, lr_lambda
 from nsf_lab.experiment.tuner import score
 
@@ -25,14 +27,14 @@ def arms(planner, opts: list[tuple[str, dict]]) -> list[dict]:
     Adam's; one-shot (on ``suite.one_shot_tasks``): Adam and NSF default at 1e-3, SGD-M at 0.1, NSF-sgd at 1.0."""
     o = dict(opts)
     default, raw = o["NSF default"], o[planner.suite.search.label]
-    sgd = planner.parse({**default, "scale": "sgd"})
+    sgd = parse_spec({**default, "scale": "sgd"})
     out = [{"label": label, "kind": "tuned", "spec": spec} for label, spec in opts]
-    out += [{"label": label, "kind": "tied", "spec": planner.parse(spec), "base": base, "decades": k}
+    out += [{"label": label, "kind": "tied", "spec": parse_spec(spec), "base": base, "decades": k}
             for label, spec, base, k in [("NSF default tied", default, "Adam", 0),
                                          (f"{planner.suite.search.label} tied", raw, "Adam", 0),
                                          ("NSF-sgd tied", sgd, "SGD-M", 1), (CONTROL, "adamw", "Adam", 0)]]
     out[-1]["decay_per_run"] = CONTROL_DECAY
-    out += [{"label": label, "kind": "one-shot", "spec": planner.parse(spec), "lr": lr}
+    out += [{"label": label, "kind": "one-shot", "spec": parse_spec(spec), "lr": lr}
             for label, spec, lr in [("Adam 1e-3", "adam", 1e-3), ("NSF default 1e-3", default, 1e-3),
                                     ("SGD-M 0.1", "sgd", 0.1), ("NSF-sgd 1.0", sgd, 1.0)]]
     return out
@@ -52,7 +54,7 @@ def decayed(planner, task: str, spec: dict, lr: float, decay: float) -> dict:
     total = run_steps(planner, task)
     f = lr_lambda(total, get_task(task).warmup)
     wd = decay / (lr * sum(f(s) for s in range(total)))
-    return planner.parse({**spec, "weight_decay": float(f"{wd:.3g}")})
+    return parse_spec({**spec, "weight_decay": float(f"{wd:.3g}")})
 
 
 def agreement(planner, task: str, spec, budget: float = 1.0) -> dict | None:
@@ -97,12 +99,12 @@ def plan_task(planner, task: str, arm_list: list[dict]) -> tuple[list, dict, str
         if "alt_lr" in d:
             m = {"label": label, "arm": d["kind"], "lr_choice": "runner-up"}
             for seed in suite.seeds:
-                c = planner.config(task, d.get("spec", spec_of[label]), d["alt_lr"], seed, 1.0, "test")
+                c = make_config(task, d.get("spec", spec_of[label]), d["alt_lr"], seed, 1.0, "test")
                 if planner.rec(c) is None:
                     todo.append((c, {"stage": "seeds", **m}))
     if best is not None and suite.reference_budget and best in dec:
         for seed in suite.tune_seeds:
-            c = planner.config(task, spec_of[best], dec[best]["lr"], seed, suite.reference_budget, "val")
+            c = make_config(task, spec_of[best], dec[best]["lr"], seed, suite.reference_budget, "val")
             if planner.rec(c) is None:
                 todo.append((c, {"stage": "reference", "label": best, "arm": "reference"}))
     return todo, dec, best

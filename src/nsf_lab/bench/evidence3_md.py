@@ -53,7 +53,7 @@ def convergence(dec, best: dict) -> list[dict]:
                "val_error": float(np.mean(err1)), "longer_error": float(np.mean(err2)) if err2 else None,
                "test_error": float(np.mean(test)) if test else None, "n": len(curves), "n_test": len(test)}
         if is_text(task):  # the language model's own criterion
-            tuned = [x["val"] for x in dec.d["tuning"][task].values() if x.get("kind") == "tuned" and "val" in x]
+            tuned = [x["val"] for x in dec.decisions["tuning"][task].values() if x.get("kind") == "tuned" and "val" in x]
             row["worst_tuned_error"] = 100 * max(v["error"] for v in tuned)
             row["met"] = bool(row["worst_tuned_error"] < 100 * PLATEAU_ERROR and t["val"]["loss"] < LM_LOSS
                               and row["val_error"] < 100 * LM_ERROR)
@@ -68,7 +68,7 @@ def convergence(dec, best: dict) -> list[dict]:
 def agreement(dec) -> list[dict]:
     """Every LR choice with its runner-up and whether each tuning seed ranks them as the mean does."""
     out = []
-    for task, decided in (dec.d.get("tuning") or {}).items():
+    for task, decided in (dec.decisions.get("tuning") or {}).items():
         for label, t in decided.items():
             for b, x in [(1.0, t)] + [(float(k), v) for k, v in (t.get("budgets") or {}).items()]:
                 a = x.get("agreement")
