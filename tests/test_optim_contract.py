@@ -214,12 +214,12 @@ def test_deepcopy_keeps_plain_callable_schedule():
 # ----------------------------------------------------------------------------------------------------------
 # 3. checkpoints from before the newer group keys existed
 
-NEW_KEYS = ("p_schedule", "step", "scale", "amsgrad", "decoupled_weight_decay")
+NEW_KEYS = ("p_schedule", "step", "scale", "amsgrad", "decoupled_weight_decay", "total_steps")
 
 
-@pytest.mark.parametrize("old_p", [0.3, None], ids=["p-float", "p-missing"])
-def test_old_checkpoint_loads_with_documented_defaults(tmp_path, old_p):
-    p_value = 0.5 if old_p is None else old_p  # documented default for a missing p: 0.5 (Adam)
+def test_old_checkpoint_loads_with_documented_defaults(tmp_path):
+    """Every NSF checkpoint has p (a float in old ones); one without p is Adam's (tests/test_optim_inputs.py)."""
+    old_p = p_value = 0.3
     ref_model, model = _model(), _model()
     ref_opt = NSF(ref_model.parameters(), lr=1e-2, p=p_value, scale="raw")
     opt = NSF(model.parameters(), lr=1e-2, p=p_value, scale="raw")
@@ -231,8 +231,7 @@ def test_old_checkpoint_loads_with_documented_defaults(tmp_path, old_p):
     old_groups = []
     for g in sd["param_groups"]:
         g = {k: v for k, v in g.items() if k not in NEW_KEYS and k != "p"}
-        if old_p is not None:
-            g["p"] = old_p  # a float, as old versions stored it
+        g["p"] = old_p  # a float, as old versions stored it
         old_groups.append(g)
     old = {"state": sd["state"], "param_groups": old_groups}
     torch.save(old, tmp_path / "old.pt")
@@ -250,6 +249,7 @@ def test_old_checkpoint_loads_with_documented_defaults(tmp_path, old_p):
     assert isinstance(g["p"], torch.Tensor) and g["p"].dtype == F64 and g["p"].dim() == 0
     assert float(g["p"]) == p_value
     assert g["step"] == 3  # recovered from the per-parameter step counts
+    assert g["total_steps"] is None  # and the saved p_schedule (none here) is what runs
 
     for k in range(3, 6):
         _train_step(ref_model, ref_opt, k)
@@ -459,19 +459,24 @@ def test_state_dict_hooks():
 # ----------------------------------------------------------------------------------------------------------
 # 8. argument checking
 
-BAD_OPTIONS = [
-    (dict(lr=-1e-3), "lr"),
-    (dict(lr=float("nan")), "lr"),
-    (dict(lr=float("inf")), "lr"),
-    (dict(lr=torch.tensor([1e-3, 1e-3])), "lr"),
-    (dict(betas=(1.0, 0.999)), "betas"),
-    (dict(betas=(0.9, -0.1)), "betas"),
+BAD_OPTIONS = [  # where torch's Adam refuses the same input, the message starts with its wording
+    (dict(lr=-1e-3), "^Invalid learning rate: -0.001"),
+    (dict(lr=float("nan")), "^Invalid learning rate: nan"),
+    (dict(lr=float("inf")), "^Invalid learning rate: inf"),
+    (dict(lr=torch.tensor([1e-3, 1e-3])), r"^Tensor lr must be 1-element; got shape \(2,\)"),
+    (dict(betas=(1.0, 0.999)), r"^Invalid beta parameter at index 0: 1.0; betas\[0\] must lie in \[0, 1\)"),
+    (dict(betas=(0.9, -0.1)), "^Invalid beta parameter at index 1: -0.1"),
     (dict(betas=(0.9,)), "betas"),
-    (dict(eps=0.0), "eps"),
-    (dict(eps=-1.0), "eps"),
-    (dict(eps=float("nan")), "eps"),
-    (dict(weight_decay=-1.0), "weight_decay"),
-    (dict(weight_decay=float("nan")), "weight_decay"),
+    (dict(eps=0.0), "^Invalid epsilon value: 0.0; it must be a finite number > 0"),
+    (dict(eps=-1.0), "^Invalid epsilon value: -1.0"),
+    (dict(eps=float("nan")), "^Invalid epsilon value: nan"),
+    (dict(weight_decay=-1.0), "^Invalid weight_decay value: -1.0"),
+    (dict(weight_decay=float("nan")), "^Invalid weight_decay value: nan"),
+    (dict(total_steps=0), "Invalid total_steps: 0"),
+    (dict(total_steps=2.5), "Invalid total_steps: 2.5"),
+    (dict(total_steps=True), "Invalid total_steps: True"),
+    (dict(p=Cyclic(0.0, 0.5, cycles=2)), r"Invalid p: .*stated per run.*total_steps=T"),
+    (dict(p=Cyclic(0.0, 0.5, cycles=3), total_steps=2), r"Invalid p: cycles \(3.0\) must not exceed"),
     (dict(p=float("nan")), "p"),
     (dict(p=float("inf")), "p"),
     (dict(p=float("-inf")), "p"),
@@ -509,7 +514,7 @@ def test_bad_schedule_raises_value_error_naming_it(make, name):
 
 def test_add_param_group_bad_option_raises():
     opt = NSF([nn.Parameter(torch.ones(2))])
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="Invalid learning rate"):
         opt.add_param_group({"params": [nn.Parameter(torch.ones(2))], "lr": -1.0})
     with pytest.raises(ValueError, match="scale"):
         opt.add_param_group({"params": [nn.Parameter(torch.ones(2))], "scale": "bogus"})
@@ -521,7 +526,7 @@ def test_add_param_group_rejected_group_is_not_kept():
     w = nn.Parameter(torch.ones(2))
     opt = NSF([w], lr=0.1, scale="raw", p=0.25)
     bad = nn.Parameter(torch.ones(2))
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="Invalid learning rate"):
         opt.add_param_group({"params": [bad], "lr": -1.0})
     assert len(opt.param_groups) == 1
     bad.grad = torch.ones(2)

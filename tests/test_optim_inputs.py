@@ -5,6 +5,7 @@ parameters under the grafted scales. Updates Δθ are compared, in float64 where
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 import nsf
 from nsf import NSF
 from nsf.optim import _fused
-from nsf.schedules import Cyclic
+from nsf.schedules import Cyclic, from_dict
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -136,11 +137,12 @@ BAD = [
     (dict(capturable=None), "capturable"),
     (dict(decoupled_weight_decay="no"), "decoupled_weight_decay"),
     (dict(scale=3), "scale"),
-    (dict(lr="0.1"), "lr"),
-    (dict(lr=True), "lr"),
-    (dict(lr=torch.tensor([0.1, 0.2])), "lr"),
-    (dict(lr=torch.tensor(-0.1)), "lr"),
-    (dict(eps=torch.tensor([1e-8, 1e-8])), "eps"),
+    (dict(lr="0.1"), "Invalid learning rate: '0.1'; it must be a real number"),
+    (dict(lr=True), "Invalid learning rate: True"),
+    (dict(lr=torch.tensor([0.1, 0.2])), "Tensor lr must be 1-element"),
+    (dict(lr=torch.tensor(-0.1)), "Invalid learning rate: -0.1"),
+    (dict(lr=torch.tensor(0.1j)), "Invalid learning rate: .*must be a real one-element tensor"),
+    (dict(eps=torch.tensor([1e-8, 1e-8])), "Invalid epsilon value: .*one-element"),
     (dict(betas=(torch.tensor(0.9), 0.999)), r"betas\[0\]: tensor betas are not supported"),
     (dict(betas=0.9), "betas"),
     (dict(weight_decay=np.float64(-1.0)), "weight_decay"),
@@ -346,18 +348,61 @@ def test_scheduler_hands_p_over_through_the_optimizers_hook():
     assert float(opt.param_groups[0]["p"]) == 0.3
 
 
-def test_an_adam_state_dict_loads_as_what_it_is_p_half_raw():
-    """Adam is NSF at p = ½, raw: its checkpoint loads and continues as Adam (to float64 rounding)."""
+def _adam_after(shapes, grads, **kw):
+    params = _params(shapes)
+    adam = torch.optim.Adam(params, lr=0.01, foreach=False, **kw)
+    _run(params, adam, grads)
+    return params, adam
+
+
+def test_an_adam_state_dict_continues_as_this_nsf_from_adams_moments_and_warns_once():
+    """No silent Adam (#20): the moments, step counts and lr load; p, scale and total_steps stay NSF's. The
+    reference is this NSF configuration holding Adam's moments, its p clock at 0."""
     shapes = [(4, 3), (3,)]
     grads = _grads(shapes, 6)
-    a = _params(shapes)
-    adam = torch.optim.Adam(a, lr=0.01, foreach=False)
-    _run(a, adam, grads[:3])
+    a, adam = _adam_after(shapes, grads[:3])
+    kw = dict(p=Cyclic(-0.25, 0.25, cycles=2), scale="adam", total_steps=6, foreach=False)
+    b, c = ([nn.Parameter(q.detach().clone()) for q in a] for _ in range(2))
+    opt = NSF(b, lr=0.5, **kw)
+    with pytest.warns(UserWarning) as record:
+        opt.load_state_dict(copy_of(adam.state_dict()))
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "no p" in message and "continues as NSF" in message and "scale='adam'" in message
+    assert "NSF(params, p=0.5, scale='raw')" in message  # how to continue as Adam instead
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.01 and group["scale"] == "adam" and group["total_steps"] == 6 and group["step"] == 0
+    assert from_dict(group["p_schedule"]) == Cyclic(-0.25, 0.25, cycles=2, total_steps=6)
+
+    ref = NSF(c, lr=0.01, **kw)
+    for q, q_adam in zip(c, a):
+        ref.state[q] = {key: value.clone() for key, value in adam.state[q_adam].items()}
+    got, want = _run(b, opt, grads[3:]), _run(c, ref, grads[3:])
+    _assert_updates_close(got, want, rtol=0)
+    adams = _run(a, adam, grads[3:])
+    assert not torch.allclose(got[1][0], adams[1][0])  # not Adam's step: p has moved off ½
+
+
+def test_an_adam_state_dict_into_nsf_at_half_raw_continues_as_adam():
+    """The way the warning names to continue as Adam: NSF at p = ½, raw is Adam (to float64 rounding)."""
+    shapes = [(4, 3), (3,)]
+    grads = _grads(shapes, 6)
+    a, adam = _adam_after(shapes, grads[:3], weight_decay=0.1)
     b = [nn.Parameter(q.detach().clone()) for q in a]
-    opt = NSF(b, p=Cyclic(-0.25, 0.25, 4))
-    opt.load_state_dict(copy_of(adam.state_dict()))
-    assert float(opt.param_groups[0]["p"]) == 0.5 and opt.param_groups[0]["scale"] == "raw"
+    opt = NSF(b, p=0.5, scale="raw")
+    with pytest.warns(UserWarning, match=r"p = 0.5"):
+        opt.load_state_dict(copy_of(adam.state_dict()))
+    assert opt.param_groups[0]["weight_decay"] == 0.1
     _assert_updates_close(_run(a, adam, grads[3:]), _run(b, opt, grads[3:]), rtol=1e-9)
+
+
+def test_an_nsf_state_dict_loads_without_a_warning():
+    params = _params([(3, 2)])
+    opt = NSF(params, total_steps=10)
+    _run(params, opt, _grads([(3, 2)], 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NSF(_params([(3, 2)])).load_state_dict(copy_of(opt.state_dict()))
 
 
 @pytest.mark.parametrize("first, second", [("fused", "fused"), ("fused", "foreach"), ("foreach", "fused")])

@@ -130,7 +130,7 @@ def test_optional_flags_take_none():
     ("nsf:lr=fast", "lr must be a number"),
     ("nsf:lr=true", "lr must be a number"),
     ("nsf:scale=banana", "Invalid scale"),
-    ("nsf:lr=-1", "Invalid lr"),
+    ("nsf:lr=-1", "Invalid learning rate"),
     ("nsf:betas=(0.9,1.0)", r"betas\[1\]"),
     ("adam:eps=-1", "epsilon"),
     ("nsf:p=cyclic(0.5,0.25,100)", "high"),

@@ -135,11 +135,42 @@ def test_cycles_per_run_saved_with_weights_only_and_resolved_by_per_run():
     assert S.from_dict(torch.load(buffer, weights_only=True)["schedule"]) == sched
     unresolved = {"type": "cyclic", "low": 0.0, "high": 1.0, "cycles": 2, "shape": "triangle", "phase": 0.25}
     assert S.from_dict(S.per_run(unresolved, 30)) == sched
+    assert S.per_run(S.from_dict(unresolved), 30) == sched  # a Schedule object too
     assert S.per_run({"type": "constant", "value": 1.0}, None) == {"type": "constant", "value": 1.0}
-    with pytest.raises(ValueError, match="total_steps"):
+    with pytest.raises(ValueError, match="stated per run.*total_steps=T"):
         S.per_run(unresolved, None)
-    with pytest.raises(ValueError, match="stated per run.*total_steps"):
-        S.from_dict(unresolved)
+
+
+def test_a_cycle_stated_per_run_is_a_description_until_the_run_gives_its_length():
+    per_run = S.Cyclic(0.0, 0.5, cycles=2, shape="cosine")
+    assert per_run.to_dict() == {"type": "cyclic", "low": 0.0, "high": 0.5, "cycles": 2.0, "shape": "cosine",
+                                 "phase": 0.0}
+    assert S.from_dict(per_run.to_dict()) == per_run
+    with pytest.raises(ValueError, match=r"stated per run \(cycles=2\).*total_steps=T"):
+        per_run(0)  # no period yet: it cannot be evaluated
+    with pytest.raises(ValueError, match="stated per run"):
+        per_run.for_run(None)
+    resolved = per_run.for_run(40)
+    want = S.Cyclic(0.0, 0.5, period=20, shape="cosine")  # 2 cycles in 40 steps
+    assert [resolved(s) for s in range(80)] == [want(s) for s in range(80)]
+    assert resolved == S.Cyclic(0.0, 0.5, cycles=2, total_steps=40, shape="cosine")
+    # an explicit period, or a cycle that already has its run's length, ignores T
+    fixed, own = S.Cyclic(0.0, 0.5, period=7), S.Cyclic(0.0, 0.5, cycles=2, total_steps=10)
+    assert fixed.for_run(40) is fixed and own.for_run(40) is own and S.Constant(0.1).for_run(None) == S.Constant(0.1)
+    with pytest.raises(ValueError, match="exceed"):
+        S.Cyclic(0.0, 0.5, cycles=3).for_run(2)
+
+
+def test_a_cycle_per_run_inside_a_sequence_takes_the_runs_length():
+    seq = S.Sequence([(10, S.Constant(0.5)), (1, S.Cyclic(0.0, 0.5, cycles=2))])
+    with pytest.raises(ValueError, match="stated per run"):
+        seq.for_run(None)
+    resolved = seq.for_run(100)
+    assert resolved.segments[1][1] == S.Cyclic(0.0, 0.5, cycles=2, total_steps=100)
+    assert [resolved(s) for s in range(10, 60)] == [S.Cyclic(0.0, 0.5, period=50)(s) for s in range(50)]
+    assert S.from_dict(S.per_run(seq.to_dict(), 100)) == resolved  # the description form agrees
+    fixed = S.Sequence([(10, S.Constant(0.5)), (1, S.Cyclic(0.0, 0.5, period=4))])
+    assert fixed.for_run(100) is fixed
 
 
 @pytest.mark.parametrize("make, name", [
@@ -149,6 +180,7 @@ def test_cycles_per_run_saved_with_weights_only_and_resolved_by_per_run():
     (lambda: S.Cyclic(0, 1, cycles=0, total_steps=20), "cycles"),
     (lambda: S.Cyclic(0, 1, cycles=30, total_steps=20), "exceed"),
     (lambda: S.Cyclic(0, 1, cycles=2, total_steps=2.5), "total_steps"),
+    (lambda: S.Cyclic(0, 1, cycles=2).for_run(0), "total_steps"),
     (lambda: S.from_dict({"type": "sequence"}), "sequence is described"),
     (lambda: S.from_dict({"type": "sequence", "segments": [5]}), r"segments\[0\]"),
     (lambda: S.from_dict({"type": "cyclic", "low": 0, "high": 1, "perod": 3}), "no parameter perod"),
@@ -197,3 +229,24 @@ def test_scheduler_load_state_dict_checks_the_loaded_schedules():
     with pytest.raises(ValueError, match="beta2 must be in"):
         sched.load_state_dict(sd)
     assert sched.schedules == [S.Constant(0.99)] and opt.param_groups[0]["betas"][1] == 0.99
+
+
+def test_scheduler_gives_cycles_stated_per_run_the_runs_length_and_saves_it():
+    opt = _adam_like()
+    with pytest.raises(ValueError, match="stated per run.*total_steps=T"):
+        S.HyperparamScheduler(opt, "lr", S.Cyclic(0.01, 0.1, cycles=2))
+    sched = S.HyperparamScheduler(opt, "lr", S.Cyclic(0.01, 0.1, cycles=2), total_steps=40)
+    want = S.Cyclic(0.01, 0.1, period=20)
+    values = []
+    for _ in range(40):
+        values.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert values == [want(s) for s in range(40)]
+    sd = sched.state_dict()
+    assert sd["total_steps"] == 40
+    again = S.HyperparamScheduler(_adam_like(), "lr", S.Cyclic(0.01, 0.1, cycles=2), total_steps=10)
+    again.load_state_dict(sd)
+    assert again.total_steps == 40 and again.schedules == sched.schedules
+    del sd["total_steps"]  # an older state dict: its schedules were saved resolved
+    again.load_state_dict(sd)
+    assert again.schedules == sched.schedules

@@ -39,9 +39,10 @@ class ScaleByNSFState(NamedTuple):
     nu: optax.Updates
 
 
-def schedule(s: Any) -> Callable[[jax.Array], jax.Array]:
-    """An ``nsf.schedules`` schedule (or its dict) as a jit-safe optax schedule ``f(count) -> scalar``."""
-    s = _schedules.as_schedule(s)
+def schedule(s: Any, total_steps: int | None = None) -> Callable[[jax.Array], jax.Array]:
+    """An ``nsf.schedules`` schedule (or its dict) as a jit-safe optax schedule ``f(count) -> scalar``;
+    ``total_steps`` is the run's length for a cycle stated per run (without it, such a cycle raises here)."""
+    s = _schedules.as_schedule(s).for_run(total_steps)
 
     def fn(count: jax.Array) -> jax.Array:
         dtype = jax.dtypes.canonicalize_dtype(jnp.float64)  # float64 where x64 is on, else float32

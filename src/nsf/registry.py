@@ -180,10 +180,12 @@ def _build(factory, params, options: dict[str, Any], total_steps: int | None) ->
         raise ValueError(f"{e}: create_optimizer(spec, params, total_steps=T)") from None
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
-    if "total_steps" in inspect.signature(factory).parameters and "total_steps" not in options:
-        if total_steps is None:  # e.g. FSGDM: its momentum schedule is stated over the run
+    accepted = inspect.signature(factory).parameters
+    if "total_steps" in accepted and "total_steps" not in options:  # NSF: its p cycles; FSGDM: its momentum
+        if total_steps is None and accepted["total_steps"].default is inspect.Parameter.empty:
             raise ValueError("this optimizer needs the run's length: create_optimizer(spec, params, total_steps=T)")
-        options["total_steps"] = total_steps
+        if total_steps is not None:
+            options["total_steps"] = total_steps
     return factory(params, **options)
 
 

@@ -83,6 +83,11 @@ class Schedule:
         """Primitive description (``from_dict`` inverts it), or None when it cannot be saved."""
         raise NotImplementedError
 
+    def for_run(self, total_steps: int | None) -> Schedule:
+        """This schedule in a run of T = ``total_steps`` optimizer steps: each cycle stated per run takes T (with
+        T None it raises a ValueError); anything else, an explicit period too, comes back as it is."""
+        return self
+
     def __repr__(self) -> str:
         d = self.to_dict() or {}
         args = ", ".join(f"{k}={v!r}" for k, v in d.items() if k != "type")
@@ -116,7 +121,8 @@ class Cyclic(Schedule):
 
     The length of a cycle is either ``period`` (optimizer steps) or relative to the run: ``cycles=k,
     total_steps=T`` runs k whole cycles in T steps (period T/k, not rounded), so the last cycle completes
-    whatever the run's length. Both forms are saved by ``to_dict``.
+    whatever the run's length. ``cycles=k`` alone states it per run before T is known (``for_run(T)``, or
+    ``nsf.NSF(..., total_steps=T)``, gives it T; until then it cannot be evaluated). ``to_dict`` saves each form.
     """
 
     SHAPES = ("triangle", "cosine", "square", "sine")
@@ -140,20 +146,19 @@ class Cyclic(Schedule):
             self.period, self.cycles, self.total_steps = _positive_int("period", period), None, None
             self._length: float = self.period
         else:
-            if total_steps is None:
-                raise ValueError(f"cycles={cycles!r} is stated per run: give total_steps (the run's number of "
-                                 "optimizer steps), e.g. create_optimizer(spec, params, total_steps=T)")
             self.period = None
             self.cycles = _positive("cycles", cycles)
-            self.total_steps = _positive_int("total_steps", total_steps)
-            if self.cycles > self.total_steps:
+            self.total_steps = None if total_steps is None else _positive_int("total_steps", total_steps)
+            if self.total_steps is not None and self.cycles > self.total_steps:
                 raise ValueError(f"cycles ({cycles}) must not exceed total_steps ({total_steps}): a cycle needs "
                                  "at least one step")
-            self._length = self.total_steps / self.cycles
+            self._length = None if self.total_steps is None else self.total_steps / self.cycles
         self.shape = _choice("shape", shape, self.SHAPES)
         self.phase = _finite("phase", phase)
 
     def __call__(self, step: int) -> float:
+        if self._length is None:
+            self.for_run(None)  # raises: the period is unknown until the run's length is
         u = (step / self._length + self.phase) % 1.0
         if self.shape == "triangle":
             frac = 1.0 - abs(2.0 * u - 1.0)
@@ -171,9 +176,18 @@ class Cyclic(Schedule):
             return value
         return round(value / self.quantize) * self.quantize + 0.0  # + 0.0: never -0.0
 
+    def for_run(self, total_steps: int | None) -> Cyclic:
+        if self.cycles is None or self.total_steps is not None:
+            return self
+        if total_steps is None:
+            raise ValueError(f"the cycle {self!r} is stated per run (cycles={self.cycles:g}): give the run's total "
+                             "number of optimizer steps (total_steps=T)")
+        return from_dict({**self.to_dict(), "total_steps": total_steps})
+
     def to_dict(self) -> dict:
         length = ({"period": self.period} if self.period is not None
-                  else {"cycles": self.cycles, "total_steps": self.total_steps})
+                  else {"cycles": self.cycles, "total_steps": self.total_steps} if self.total_steps is not None
+                  else {"cycles": self.cycles})  # stated per run, its length not yet known
         d = {"type": "cyclic", "low": self.low, "high": self.high, **length, "shape": self.shape, "phase": self.phase}
         if self.quantize is not None:  # only when set: older descriptions stay as they were
             d["quantize"] = self.quantize
@@ -221,6 +235,11 @@ class Sequence(Schedule):
                 return sched(step)
             step -= steps
         return self.segments[-1][1](step)
+
+    def for_run(self, total_steps: int | None) -> Sequence:
+        """Each segment's cycles stated per run take the run's T too (period T/k wherever the cycle sits)."""
+        resolved = [(steps, sched.for_run(total_steps)) for steps, sched in self.segments]
+        return self if all(a is b for (_, a), (_, b) in zip(resolved, self.segments)) else Sequence(resolved)
 
     def to_dict(self) -> dict | None:
         parts = [[steps, sched.to_dict()] for steps, sched in self.segments]
@@ -281,18 +300,19 @@ def from_dict(d: dict) -> Schedule:
         raise ValueError(f"{kind} schedule {d!r}: {e}") from None
 
 
-def per_run(description: Any, total_steps: int | None) -> Any:
-    """``description`` with a cycle stated per run (``cycles`` without ``total_steps``) given the run's length.
-
-    Any other value comes back unchanged. A per-run cycle with ``total_steps=None`` raises a ValueError: its
-    period is unknown until the run's number of optimizer steps is.
-    """
-    if not (isinstance(description, dict) and "cycles" in description and "total_steps" not in description):
-        return description
-    if total_steps is None:
-        raise ValueError(f"the cycle {description!r} is stated per run (cycles={description['cycles']}): give the "
-                         "run's total number of optimizer steps (total_steps=T)")
-    return {**description, "total_steps": total_steps}
+def per_run(value: Any, total_steps: int | None) -> Any:
+    """``value`` (a schedule or its description) with every cycle stated per run given the run's length (a
+    ValueError when ``total_steps`` is None); anything else, a malformed description too, comes back as it is."""
+    if isinstance(value, Schedule):
+        return value.for_run(total_steps)
+    if not isinstance(value, dict):
+        return value
+    try:
+        schedule = from_dict(value)
+    except ValueError:  # its user says what is wrong
+        return value
+    resolved = schedule.for_run(total_steps)
+    return value if resolved is schedule else resolved.to_dict()
 
 
 def as_schedule(value: Any) -> Schedule:
@@ -344,18 +364,23 @@ class HyperparamScheduler:
     ``nsf.NSF`` uses it to turn its groups' own p schedules off when a scheduler drives ``"p"``. Every value
     written to ``lr``, ``beta1``, ``beta2``, ``eps``, ``weight_decay`` or ``momentum`` is checked against the
     range torch's optimizers accept (the whole range of a schedule up front, a plain callable at each step).
+
+    ``total_steps``, the run's number of optimizer steps (saved in ``state_dict``; default: each group's own,
+    as ``nsf.NSF(..., total_steps=T)`` keeps it), is the length of every cycle stated per run
+    (``Cyclic(0, 0.5, cycles=2)``); such a cycle without either raises a ValueError here.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, key: str, schedule: Any, last_step: int = -1):
+    def __init__(self, optimizer: torch.optim.Optimizer, key: str, schedule: Any, last_step: int = -1, *,
+                 total_steps: int | None = None):
         self.optimizer = optimizer
         self.key = key
+        self.total_steps = total_steps
         groups = optimizer.param_groups
-        if isinstance(schedule, (list, tuple)):
-            if len(schedule) != len(groups):
-                raise ValueError(f"got {len(schedule)} schedules for {len(groups)} param groups")
-            self.schedules = [as_schedule(s) for s in schedule]
-        else:
-            self.schedules = [as_schedule(schedule)] * len(groups)
+        schedules = list(schedule) if isinstance(schedule, (list, tuple)) else [schedule] * len(groups)
+        if len(schedules) != len(groups):
+            raise ValueError(f"got {len(schedules)} schedules for {len(groups)} param groups")
+        self.schedules = [as_schedule(s).for_run(total_steps if total_steps is not None else g.get("total_steps"))
+                          for s, g in zip(schedules, groups)]
         for group in groups:
             self._read(group)  # fail now, not at the first step, on a key the groups lack
         for sched in self.schedules:  # fail now on a schedule that would leave the key's valid range
@@ -409,15 +434,18 @@ class HyperparamScheduler:
         if any(d is None for d in descriptions):
             warnings.warn("a plain-callable schedule is not saved in the state dict; pass it again on rebuild",
                           stacklevel=2)
-        return {"key": self.key, "last_step": self.last_step, "schedules": descriptions}
+        return {"key": self.key, "last_step": self.last_step, "schedules": descriptions,
+                "total_steps": self.total_steps}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict["key"] != self.key:
             raise ValueError(f"state dict drives {state_dict['key']!r}, this scheduler drives {self.key!r}")
-        schedules = [from_dict(d) if d is not None else s for d, s in zip(state_dict["schedules"], self.schedules)]
+        total_steps = state_dict.get("total_steps", self.total_steps)  # older state dicts: this scheduler's
+        schedules = [from_dict(d).for_run(total_steps) if d is not None else s
+                     for d, s in zip(state_dict["schedules"], self.schedules)]
         for sched in schedules:
             for value in _extremes(sched):
                 self._check(value, f"the loaded {sched!r} reaches {value}")
-        self.schedules = schedules
+        self.schedules, self.total_steps = schedules, total_steps
         self.last_step = state_dict["last_step"] - 1
         self.step()

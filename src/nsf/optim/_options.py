@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import schedules as _schedules
+from .defaults import DEFAULT_P, default_cycle
 
 SCALES = ("raw", "sgd", "adam")
 
@@ -38,11 +39,18 @@ def _real(name: str, value: Any, *, positive: bool = False) -> float:
     return value
 
 
+# Messages start with torch.optim.Adam's wording for the same input ("Tensor lr must be 1-element", "Invalid
+# learning rate: -1", "Invalid epsilon value", "Invalid beta parameter at index 0", "Invalid weight_decay value"),
+# so code written against torch's messages reads ours; NSF's detail follows (tests/test_optim_torch_errors.py).
+
+
 def _lr(lr: Any) -> float | Tensor:
     if isinstance(lr, Tensor):
-        _real("lr (learning rate)", lr)  # checks shape and value; the tensor itself is kept (it may be driven)
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element; got shape {tuple(lr.shape)}")
+        _real("learning rate", lr)  # checks the value; the tensor itself is kept (it may be driven in place)
         return lr
-    return _real("lr (learning rate)", lr)
+    return _real("learning rate", lr)
 
 
 def _betas(betas: Any) -> tuple[float, float]:
@@ -53,11 +61,32 @@ def _betas(betas: Any) -> tuple[float, float]:
         if isinstance(b, Tensor):
             raise ValueError(f"Invalid betas[{i}]: tensor betas are not supported; give floats (to move them "
                              "during training, use nsf.HyperparamScheduler(opt, 'beta1' or 'beta2', schedule))")
-        b = _real(f"betas[{i}]", b)
+        b = _real(f"beta parameter at index {i}", b)
         if not b < 1.0:
-            raise ValueError(f"Invalid betas[{i}]: {b}; it must lie in [0, 1)")
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}; betas[{i}] must lie in [0, 1)")
         out.append(b)
     return out[0], out[1]
+
+
+def _total_steps(value: Any) -> int | None:
+    if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0):
+        return None if value is None else int(value)
+    raise ValueError(f"Invalid total_steps: {value!r}; expected the run's number of optimizer steps (an int > 0) "
+                     "or None")
+
+
+def p_schedule(p: Any, total_steps: int | None) -> _schedules.Schedule:
+    """A group's ``p`` as a schedule. ``None`` is the library default: two cycles per run of ``total_steps``
+    (the searched form), or ``DEFAULT_P``'s 1000-step period when the run's length is not given. A cycle stated
+    per run takes ``total_steps``; an explicit period ignores it."""
+    if p is None:
+        return DEFAULT_P if total_steps is None else default_cycle(total_steps=total_steps)
+    try:
+        schedule = _schedules.as_schedule(p).for_run(total_steps)
+        schedule(0)
+    except ValueError as e:
+        raise ValueError(f"Invalid p: {e}") from None
+    return schedule
 
 
 def checked_options(o: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +94,9 @@ def checked_options(o: dict[str, Any]) -> dict[str, Any]:
     o = dict(o)
     o["lr"] = _lr(o["lr"])
     o["betas"] = _betas(o["betas"])
-    o["eps"] = _real("eps", o["eps"], positive=True)
-    o["weight_decay"] = _real("weight_decay", o["weight_decay"])
+    o["eps"] = _real("epsilon value", o["eps"], positive=True)
+    o["weight_decay"] = _real("weight_decay value", o["weight_decay"])
+    o["total_steps"] = _total_steps(o.get("total_steps"))
     for key in _FLAGS:
         if not isinstance(o[key], bool):
             raise ValueError(f"Invalid {key}: {o[key]!r}; expected True or False")
@@ -83,10 +113,7 @@ def checked_options(o: dict[str, Any]) -> dict[str, Any]:
         if o["differentiable"]:
             raise ValueError("fused=True does not support differentiable=True; use fused=False")
     o["state_dtype"] = as_state_dtype(o.get("state_dtype"))
-    try:
-        _schedules.as_schedule(o["p"])(0)
-    except ValueError as e:
-        raise ValueError(f"Invalid p: {e}") from None
+    p_schedule(o["p"], o["total_steps"])
     return o
 
 

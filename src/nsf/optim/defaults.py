@@ -11,8 +11,8 @@ is the scale: the winner was sgd-grafted, 0.0007 nats of validation loss ahead o
 noise, and "adam" keeps Adam's meaning of ``lr`` (drop-in). The cycle is stepped on multiples of ⅛ (square-root
 chains, no log/exp per element): on the search tasks' validation splits that changed the final loss by
 −0.0000 [−0.0021, +0.0021] and −0.0003 [−0.0014, +0.0008] nats (10 seeds, benchmarks/quantized_default.py).
-Its period is in optimizer steps because the library cannot know a run's length; for the searched form, two
-cycles per run, use ``default_cycle(total_steps=T)``.
+The searched form is two cycles per run: ``NSF(params, total_steps=T)`` (the run's number of optimizer steps)
+takes it. Without T the library cannot know the run's length, and the period is ``DEFAULT_P``'s 1000 steps.
 """
 from __future__ import annotations
 
@@ -30,11 +30,14 @@ DEFAULT_SCALE = "adam"
 
 def default_cycle(period: int | None = None, *, cycles: float | None = None,
                   total_steps: int | None = None) -> schedules.Cyclic:
-    """The default p cycle with another period (optimizer steps), or ``cycles`` per run of ``total_steps``
-    (``DEFAULT_CYCLES`` unless given: the searched form)."""
+    """The default p cycle with another period (optimizer steps), or ``cycles`` per run of ``total_steps``:
+    ``default_cycle(total_steps=T)`` is the searched form, ``DEFAULT_CYCLES`` per run (at most one per step, so
+    that a run of one step, e.g. a smoke test, still works); ``cycles`` without T is stated per run, and
+    ``NSF(..., total_steps=T)`` gives it the run's length."""
     d = DEFAULT_P.to_dict()
     if total_steps is not None and cycles is None:
-        cycles = DEFAULT_CYCLES
+        one_per_step = type(total_steps) is int and 0 < total_steps < DEFAULT_CYCLES
+        cycles = total_steps if one_per_step else DEFAULT_CYCLES
     if cycles is not None:
         del d["period"]
         d.update(cycles=cycles, total_steps=total_steps)

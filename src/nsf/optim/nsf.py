@@ -19,12 +19,14 @@ from . import _fused
 from ._foreach import _is_dtensor, _multi_tensor_nsf
 from ._fused import _fused_nsf
 from ._reference import _single_tensor_nsf
-from ._options import SCALES, check_loadable, checked_options, state_dtype_for
-from .defaults import DEFAULT_LR, DEFAULT_P, DEFAULT_SCALE  # defined once, imported everywhere
+from ._options import SCALES, check_loadable, checked_options, p_schedule, state_dtype_for
+from .defaults import DEFAULT_LR, DEFAULT_SCALE  # defined once, imported everywhere
 
 __all__ = ["NSF", "nsf", "SCALES"]
 
 _CALLABLE = "callable"  # group["p_schedule"] marker: the schedule is a plain callable held by the optimizer
+#: group keys only NSF writes; a state dict from torch's Adam or AdamW has none, and keeps this optimizer's
+_OWN_KEYS = ("p", "p_schedule", "step", "scale", "state_dtype", "total_steps")
 
 
 class NSF(Optimizer):
@@ -45,8 +47,16 @@ class NSF(Optimizer):
     only the direction. The defaults (``scale="adam"``, ``lr=1e-3``) make ``NSF(params)`` a drop-in for
     ``torch.optim.Adam(params)``: the same step length, with p turning its direction.
 
+    Give ``total_steps=T``, the run's number of optimizer steps, to get the searched default (p cycles twice per
+    run); without it the default p period is 1000 steps, whatever the run's length.
+
     Numbers are taken as torch's optimizers take them (Python, numpy or one-element tensor scalars); flags must
-    be booleans; a bad option raises a ValueError naming it (see docs/optimizer.md for the full table).
+    be booleans; a bad option raises a ValueError naming it, worded as torch's Adam words it where the two share
+    the option (see docs/optimizer.md for the full table).
+
+    ``load_state_dict`` of a state dict without NSF's own keys (torch's Adam or AdamW wrote it) loads its
+    moments, step counts and shared options, keeps this optimizer's ``p`` (schedule and clock), ``scale``,
+    ``state_dtype`` and ``total_steps``, and warns once that it continues as NSF from those moments, not as Adam.
 
     Args:
         params: iterable of parameters or param groups (each group may set any option below, ``p`` included).
@@ -60,13 +70,16 @@ class NSF(Optimizer):
             ``f(step) -> float`` (works, but is not saved in ``state_dict``). ``group["p"]`` is a 0-dim float64
             tensor holding the value used by the latest step, updated in place, so ``torch.compile`` does not
             recompile as p moves. A fixed p leaves ``group["p"]`` alone, so it can be driven from outside
-            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). Default: a cosine cycle between 0
-            (momentum's direction) and ½ (Adam's) over 1000 steps, stepped on multiples of ⅛ (chosen by the
-            evidence protocol's search, ``nsf.optim.defaults``); for the searched form, two cycles that complete
-            in your run of T steps: ``p=nsf.default_cycle(total_steps=T)``.
+            (``nsf.HyperparamScheduler`` or ``group["p"].fill_``). ``None`` (default): a cosine cycle between 0
+            (momentum's direction) and ½ (Adam's), stepped on multiples of ⅛ (chosen by the evidence protocol's
+            search, ``nsf.optim.defaults``): two cycles per run of ``total_steps``, or a 1000-step period
+            without it. A cycle stated per run (``Cyclic(0, 0.5, cycles=2)``) takes ``total_steps`` too.
         scale: ``"raw"``, ``"sgd"`` or ``"adam"`` (default). Complex parameters are, like in Adam, their real
             and imaginary parts as independent coordinates, and one tensor for the grafted norms.
         amsgrad: keep the running max of v and use it for :math:`\hat v` (with fixed ``p`` this is Padam).
+        total_steps: the run's number of optimizer steps T, the length of every p cycle stated per run (the
+            default's and the user's); an explicit period ignores it. Saved in ``state_dict`` (per group, as
+            ``group["total_steps"]``); it changes nothing but p's schedule.
         decoupled_weight_decay: ``θ ← θ(1 − ηλ)`` as in AdamW.
         foreach: use the ``torch._foreach_*`` path (default: yes, unless ``differentiable``; under
             ``torch.compile`` the single-tensor path is traced whatever this says).
@@ -96,10 +109,11 @@ class NSF(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        p: Any = DEFAULT_P,
+        p: Any = None,
         scale: str = DEFAULT_SCALE,
         amsgrad: bool = False,
         *,
+        total_steps: int | None = None,
         decoupled_weight_decay: bool = False,
         foreach: bool | None = None,
         maximize: bool = False,
@@ -110,8 +124,9 @@ class NSF(Optimizer):
     ) -> None:
         defaults = checked_options(dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, p=p, scale=scale, amsgrad=amsgrad,
-            decoupled_weight_decay=decoupled_weight_decay, foreach=foreach, maximize=maximize,
-            capturable=capturable, differentiable=differentiable, fused=fused, state_dtype=state_dtype,
+            total_steps=total_steps, decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
+            maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
+            state_dtype=state_dtype,
         ))
         self._p_callables: dict[int, _schedules.Schedule] = {}  # per group index: unsaveable schedules
         self._warned_unsaved = False
@@ -123,7 +138,7 @@ class NSF(Optimizer):
         param_group.update({k: checked[k] for k in param_group if k != "params"})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        schedule = _schedules.as_schedule(group["p"])
+        schedule = p_schedule(group["p"], group["total_steps"])  # None: the default; per-run cycles take T
         if isinstance(schedule, _schedules.Constant):
             group["p_schedule"] = None
         elif schedule.to_dict() is not None:
@@ -141,6 +156,7 @@ class NSF(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("_p_callables", {})
         self.__dict__.setdefault("_warned_unsaved", False)
+        self.defaults.setdefault("total_steps", None)  # an optimizer pickled before total_steps existed
         for group in self.param_groups:
             group.setdefault("scale", "raw")
             group.setdefault("amsgrad", False)
@@ -151,6 +167,7 @@ class NSF(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
             group.setdefault("state_dtype", None)
+            group.setdefault("total_steps", None)  # older checkpoints: their saved p_schedule is what ran
             group.setdefault("p_schedule", None)
             group.setdefault("p", 0.5)
             if not isinstance(group["p"], Tensor):
@@ -174,8 +191,10 @@ class NSF(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's, refusing up front a state dict from another optimizer, or one whose p followed a plain
-        callable this optimizer was not given (p would silently stop moving)."""
+        callable this optimizer was not given (p would silently stop moving). One from torch's Adam or AdamW
+        (no ``p``) keeps this optimizer's own options and warns once: see ``_adopting_own_options``."""
         check_loadable(state_dict)
+        state_dict = self._adopting_own_options(state_dict)
         for index, saved in enumerate(state_dict["param_groups"]):
             if saved.get("p_schedule") == _CALLABLE and index not in self._p_callables:
                 raise ValueError(
@@ -196,6 +215,27 @@ class NSF(Optimizer):
                     if isinstance(value, Tensor) and param.is_floating_point():
                         self.state[param][key] = value.to(
                             device=param.device, dtype=state_dtype_for(param, group["state_dtype"]), copy=True)
+
+    def _adopting_own_options(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """``state_dict`` with the keys only NSF writes (``_OWN_KEYS``) taken from this optimizer's groups where
+        a saved group has no ``p``: torch's Adam or AdamW wrote it. Its moments, step counts and shared options
+        load; without this, the old-checkpoint defaults would silently turn NSF into Adam (p = ½, raw)."""
+        saved = state_dict["param_groups"]
+        if all("p" in g for g in saved) or len(saved) != len(self.param_groups):
+            return state_dict  # NSF's own, or a group count torch refuses
+        groups = [g if "p" in g else {**{k: mine[k] for k in _OWN_KEYS}, **g}
+                  for g, mine in zip(saved, self.param_groups)]
+        mine = self.param_groups[0]
+        schedule = mine["p_schedule"]
+        p = (f"p = {float(mine['p']):g}" if schedule is None else "p following its callable" if schedule == _CALLABLE
+             else f"p following {_schedules.from_dict(schedule)!r}")
+        warnings.warn(
+            "NSF.load_state_dict: the state dict has no p (torch's Adam or AdamW wrote it): its moments, step "
+            "counts, lr, betas, eps and weight_decay are loaded; p, scale and total_steps stay this optimizer's, "
+            f"so it continues as NSF from those moments (scale={mine['scale']!r}, {p}, p's clock at step "
+            f"{mine['step']}), not as Adam. To continue as Adam, build NSF(params, p=0.5, scale='raw') before "
+            "loading.", stacklevel=3)
+        return {**state_dict, "param_groups": groups}
 
     def hyperparam_scheduled(self, key: str) -> None:
         """Called by ``nsf.HyperparamScheduler`` when it takes over ``key``: for ``"p"``, every group's own p
