@@ -25,7 +25,7 @@ from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_wa
 
 import nsf
 
-OPTIONS = dict(scale="adam", decoupled_weight_decay=True)
+OPTIONS = dict(decoupled_weight_decay=True)  # with the Trainer's weight decay: AdamW's form
 
 
 class NSFTrainer(Trainer):
@@ -34,8 +34,8 @@ class NSFTrainer(Trainer):
     and the LR schedule."""
 
     def create_optimizer(self, model=None):
-        cycle = nsf.default_cycle(total_steps=self.state.max_steps)
-        self.optimizer_cls_and_kwargs = (nsf.NSF, dict(lr=self.args.learning_rate, p=cycle, **OPTIONS))
+        run = dict(lr=self.args.learning_rate, total_steps=self.state.max_steps)  # the default: 2 p cycles per run
+        self.optimizer_cls_and_kwargs = (nsf.NSF, dict(**run, **OPTIONS))
         return super().create_optimizer(model)
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
@@ -84,8 +84,7 @@ def main(argv=None) -> tuple[Trainer, list[float]]:
             lr_scheduler_type="cosine", warmup_steps=args.steps // 10, logging_steps=max(1, args.steps // 10),
             weight_decay=1e-4, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0)
         if args.via == "optimizers":
-            opt = nsf.NSF(model.parameters(), lr=args.lr, p=nsf.default_cycle(total_steps=args.steps),
-                          weight_decay=1e-4, **OPTIONS)
+            opt = nsf.NSF(model.parameters(), lr=args.lr, total_steps=args.steps, weight_decay=1e-4, **OPTIONS)
             schedule = get_cosine_schedule_with_warmup(opt, args.steps // 10, args.steps)
             trainer = Trainer(model=model, args=training, train_dataset=Data(), optimizers=(opt, schedule))
         else:

@@ -41,8 +41,7 @@ class Regressor(L.LightningModule):
 
     def configure_optimizers(self):
         steps = int(self.trainer.estimated_stepping_batches)  # the run's optimizer steps, as Lightning counts them
-        # the library default with its p cycle fitted to this run (two whole cycles)
-        opt = nsf.NSF(self.parameters(), lr=self.hparams.lr, p=nsf.default_cycle(total_steps=steps))
+        opt = nsf.NSF(self.parameters(), lr=self.hparams.lr, total_steps=steps)  # the default: 2 p cycles per run
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 

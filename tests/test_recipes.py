@@ -26,11 +26,12 @@ def _mean(xs):
 
 
 def assert_default_fitted_to_the_run(opt, steps: int) -> None:
-    """NSF's p is the library default's cycle stated per run, resolved with the trainer's step count (two whole
-    cycles in ``steps``), and it was stepped by the optimizer through the whole run."""
+    """NSF is the library default for a run of the trainer's step count (``total_steps``: two whole p cycles in
+    ``steps``), and its p was stepped by the optimizer through the whole run."""
     assert isinstance(opt, nsf.NSF)
     group = opt.param_groups[0]
     cycle = nsf.default_cycle(total_steps=steps)
+    assert group["total_steps"] == steps
     assert group["p_schedule"] == cycle.to_dict()  # not the fixed 1000-step period, not another run length
     assert group["step"] == steps and float(group["p"]) == pytest.approx(cycle(steps - 1))
     assert group["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine LR schedule ran to its end

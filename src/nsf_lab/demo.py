@@ -16,17 +16,10 @@ from nsf_lab.experiment import models as M
 from nsf_lab.experiment.metrics import classification_metrics
 from nsf_lab.experiment.tasks import get_task
 from nsf_lab.experiment.train import fit, shuffled_batches
-from nsf.optim.defaults import DEFAULT_CYCLES, default_cycle
-from nsf.registry import create_optimizer, parse_spec, spec_to_str
+from nsf.registry import create_optimizer, spec_to_str
 
 DEMO_SPECS = ["sgd", "adam", "nsf", "nsf-cyclic-adam"]
 TASK = "digits-mlp"
-
-
-def _default_p(spec: str, steps: int) -> dict:
-    """The library default ("nsf") as the evidence search ran it: its p cycle completed within the run
-    (``default_cycle(total_steps=...)``), not stopped part way by the fixed 1000-step period."""
-    return {"p": default_cycle(total_steps=steps)} if parse_spec(spec) == {"name": "nsf"} else {}
 
 
 def run_steps(epochs: int) -> int:
@@ -45,10 +38,12 @@ def train_digits(spec: str, epochs: int = 20, seed: int = 0, progress: bool = Fa
     torch.manual_seed(seed)
     model = M.build(task.model, tuple(ds.x_train.shape[1:]), ds.n_classes, **task.model_kw)
     steps = epochs * task.epoch_steps(len(ds.y_train))
-    default_p = _default_p(spec, steps)
-    opt = create_optimizer(spec, model.parameters(), total_steps=steps, **default_p)
+    opt = create_optimizer(spec, model.parameters(), total_steps=steps)  # "nsf": the default, 2 p cycles per run
+    label, cycle = spec_to_str(spec), opt.param_groups[0].get("p_schedule")
+    if "p=" not in label and isinstance(cycle, dict) and "cycles" in cycle:  # the default's cycle, fitted to the run
+        label += f" ({cycle['cycles']:g} cycles)"
     p_trace = []
-    bar = tqdm(total=steps, desc=spec_to_str(spec), unit="step", leave=False, disable=not progress)
+    bar = tqdm(total=steps, desc=label, unit="step", leave=False, disable=not progress)
 
     def trace(step, model, loss):
         if step:
@@ -65,7 +60,7 @@ def train_digits(spec: str, epochs: int = 20, seed: int = 0, progress: bool = Fa
     with torch.no_grad():
         m = classification_metrics(model(ds.x_test), ds.y_test)
     return {
-        "spec": spec_to_str(spec) + (f" ({DEFAULT_CYCLES} cycles)" if default_p else ""),
+        "spec": label,
         "test_acc": m["acc"],
         "test_loss": m["loss"],
         "p_range": (min(p_trace), max(p_trace)) if p_trace else None,

@@ -145,7 +145,8 @@ def register(subparsers) -> None:
     p.add_argument("--suite", default="quick", choices=sorted(SUITES))
     p.add_argument("--out", required=True, help="run directory (created; resumed if it exists)")
     p.add_argument("--opt", action="append", metavar="SPEC",
-                   help="extra optimizer spec, e.g. 'nsf-fixed:p=-0.25' (repeatable)")
+                   help="extra optimizer spec, e.g. 'nsf-fixed:p=-0.25' or 'nsf:p=cyclic(0,0.5,cycles=2)' (a cycle "
+                        "stated per run spans each run, budgets included) (repeatable)")
     p.add_argument("--tasks", help="comma-separated task names (default: the suite's)")
     p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the suite's)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run (default 1)")

@@ -62,7 +62,8 @@ def register(subparsers) -> None:
         q.add_argument("--out", required=True, help="output folder for JSON and PNG files")
         q.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
         q.add_argument("--optimizers", nargs="+", default=None, metavar="SPEC",
-                       help="registry specs, e.g. adam 'nsf-fixed:p=-0.25' (default: the instrument's list)")
+                       help="registry specs, e.g. adam 'nsf-fixed:p=-0.25' 'nsf:p=cyclic(0,0.5,cycles=2)' (a cycle "
+                            "stated per run spans each run) (default: the instrument's list)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
         q.add_argument("--replot", action="store_true",
                        help="redraw the figures and reprint the summary from an existing DIR/<instrument>.json")
