@@ -143,7 +143,7 @@ EVIDENCE_SMOKE_SEARCH = Search(
 PER_RUN_DEFAULT = spec_to_str({"name": "nsf", "p": {**{k: v for k, v in DEFAULT_P.to_dict().items() if k != "period"},
                                                      "cycles": float(DEFAULT_CYCLES)}})
 #: ``nsf bench --suite quick`` (scripts/reproduce.sh): the evidence protocol in miniature, about 3 minutes on 2 cores
-QUICK = dict(tasks=["digits-mlp", "mnist1d-mlp"], seeds=list(range(10)), tune_seeds=[100, 101], grid_span=1.0)
+QUICK = dict(tasks=["digits-mlp", "mnist1d-mlp"], seeds=list(range(8)), tune_seeds=[100, 101], grid_span=1.0)
 QUICK_NOTE = (f"**A miniature of the evidence protocol (docs/evidence.md), which decides nothing at its size**: its "
               f"rules (every LR of a per-arm half-decade grid ±{QUICK['grid_span']:g} decade around the arm's "
               f"reference LR, extended until the best LR has two grid points on each side, then refined; "

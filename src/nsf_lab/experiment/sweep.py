@@ -35,7 +35,7 @@ def _read_json(path: Path, what: str) -> dict:
         d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise SweepError(f"{path}: cannot read the {what} ({type(e).__name__}: {e}); "
-                         f"restore it or use another directory") from None
+                          f"restore it or use another directory") from None
     if not isinstance(d, dict):
         raise SweepError(f"{path}: the {what} is not a JSON object; restore it or use another directory")
     return d
