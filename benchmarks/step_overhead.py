@@ -168,7 +168,7 @@ def stages(args) -> dict:
 
     def timed_call(owner, key_kernel, *kernel_args):
         name = key_kernel[0][1]
-        stage = {"_kernel_body": "raw", "_graft_body": "stage 1 (norms)"}.get(name, "stage 2 (update)")
+        stage = {"raw_kernel": "raw", "graft_norms_kernel": "stage 1 (norms)"}.get(name, "stage 2 (update)")
         _sync(args.device)
         start = time.perf_counter()
         out = real_call(owner, key_kernel, *kernel_args)

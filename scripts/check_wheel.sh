@@ -26,6 +26,22 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 
 [[ $(tar tzf "$OUT"/*.tar.gz) == */LICENSE* ]] || { echo "sdist lacks LICENSE" >&2; exit 1; }
 
+# PEP 561 markers of both packages, and the metadata a package index shows (paper link, Python versions)
+"$PY" - "$OUT"/*.whl <<'EOF'
+import email, sys, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+names = set(wheel.namelist())
+missing = [f for f in ("nsf/py.typed", "nsf_lab/py.typed") if f not in names]
+assert not missing, f"the wheel lacks {missing}"
+meta = email.message_from_bytes(wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))))
+urls = meta.get_all("Project-URL") or []
+assert any("arxiv.org/abs/2509.04713" in u for u in urls), f"no link to the paper in {urls}"
+versions = [c.rsplit(" ", 1)[1] for c in meta.get_all("Classifier")
+            if c.startswith("Programming Language :: Python :: 3.")]
+assert versions, "no Python-version classifiers"
+print(f"ok: the wheel has py.typed in nsf and nsf_lab, {len(urls)} project URLs, Python {', '.join(versions)}")
+EOF
+
 # 1. The library alone: a venv holding nothing but torch (the version the calling python has) and the wheel.
 TORCH=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
 "$PY" -m venv "$WORK/lib"

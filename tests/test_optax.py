@@ -1,5 +1,7 @@
 """nsf.optax equals the torch reference path (nsf.NSF, foreach=False) update for update, and p = 1/2 raw is
 optax.adam. Float64 (jax_enable_x64) to 1e-12 relative; float32 to 2e-5 relative (+1e-7 absolute) over 25 steps.
+The built-in p schedules are closed-form jnp (no host callback in the jitted update), and a NaN or inf gradient
+entry spoils only its own coordinate, as in torch.
 """
 
 from __future__ import annotations
@@ -120,6 +122,21 @@ def test_default_configuration_matches_torch(dtype):
                           _torch_updates(params, grads, lr=1e-2), dtype)
 
 
+def test_default_cycle_equals_torch_across_its_p_changes(dtype):
+    """The default cycle (period 1000, on multiples of 1/8) leaves p = 0 at step 116: 130 steps cross it."""
+    steps = 130
+    rng = np.random.default_rng(6)
+    params = {k: (1e-2 * rng.standard_normal(s)).astype(dtype) for k, s in SHAPES.items()}
+    grads = [{k: rng.standard_normal(s).astype(dtype) for k, s in SHAPES.items()} for _ in range(steps)]
+    p_used = {nsf.optim.defaults.DEFAULT_P(t) for t in range(steps)}
+    assert p_used == {0.0, 0.125}, p_used
+    want = _torch_updates(params, grads, lr=1e-2)
+    got = _optax_updates(nsf_optax.nsf(1e-2), params, grads)
+    for t, (a, b) in enumerate(zip(got, want)):
+        for k in SHAPES:
+            np.testing.assert_allclose(a[k], b[k], **TOL[dtype], err_msg=f"step {t + 1}, leaf {k}")
+
+
 def test_inject_hyperparams_sets_p(dtype):
     """p lives in the state under inject_hyperparams and can be changed between steps, like group["p"]."""
     params, grads = _problem(dtype, seed=3)
@@ -167,3 +184,84 @@ def test_nsf_schedule_through_inject_hyperparams_equals_direct(dtype):
     for a, b in zip(injected, direct):
         for k in SHAPES:
             np.testing.assert_allclose(a[k], b[k], **TOL[dtype])
+
+
+# --- p schedules in closed form --------------------------------------------------------------------------------
+
+S = nsf.schedules
+CLOSED_FORM = {
+    "constant": S.Constant(-0.25),
+    "default": nsf.optim.defaults.DEFAULT_P,
+    "default per run": nsf.default_cycle(total_steps=90),
+    **{f"cyclic {shape}": S.Cyclic(-0.25, 0.5, period=12, shape=shape, phase=0.3) for shape in S.Cyclic.SHAPES},
+    "cyclic quantized, 3 cycles in 100 steps": S.Cyclic(-1, 1, cycles=3, total_steps=100, shape="sine",
+                                                        quantize=0.125),
+    "cyclic 2.5 cycles per run": S.Cyclic(0, 0.5, cycles=2.5, total_steps=64, shape="triangle"),
+    "anneal linear": S.Anneal(0.5, -0.25, steps=40),
+    "anneal cosine": S.Anneal(0.5, -0.25, steps=40, shape="cosine"),
+    "sequence": S.Sequence([(30, S.Anneal(0.5, 0, 30)), (20, 0.0),
+                            (1, S.Sequence([(10, S.Cyclic(0, 0.5, period=7, shape="square"))]))]),
+}
+COUNTS = np.arange(0, 3000, 7, dtype=np.int32)
+
+
+@pytest.mark.parametrize("name", list(CLOSED_FORM))
+def test_schedule_closed_form_equals_the_torch_schedule(dtype, name):
+    s = CLOSED_FORM[name]
+    fn = jax.jit(jax.vmap(nsf_optax.schedule(s)))
+    got = np.asarray(fn(jnp.asarray(COUNTS)))
+    want = np.array([s(int(c)) for c in COUNTS])
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 if dtype == np.float64 else 1e-6, err_msg=name)
+    if getattr(s, "quantize", None):  # on the grid exactly: the square-root kernels' values
+        np.testing.assert_array_equal(got, want)
+
+
+def _has_callback(jaxpr) -> bool:
+    return "callback" in str(jaxpr)
+
+
+@pytest.mark.parametrize("name", list(CLOSED_FORM))
+def test_jitted_update_has_no_host_callback(name):
+    params = {"w": jnp.ones((3, 4))}
+    tx = nsf_optax.nsf(1e-2, p=CLOSED_FORM[name])
+    jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params)
+    assert not _has_callback(jaxpr), jaxpr
+
+
+def test_default_update_has_no_host_callback_and_a_plain_function_still_works():
+    params = {"w": jnp.ones((3, 4))}
+    default = nsf_optax.nsf()
+    assert not _has_callback(jax.make_jaxpr(default.update)(params, default.init(params), params))
+    # a plain Python f(step) has no closed form: it is the one case that goes through the host
+    plain = nsf_optax.nsf(p=S.CallableSchedule(lambda step: 0.25 if step < 2 else -0.25))
+    assert _has_callback(jax.make_jaxpr(plain.update)(params, plain.init(params), params))
+    state, update = plain.init(params), jax.jit(plain.update)
+    for _ in range(3):
+        u, state = update(params, state, params)
+    assert np.all(np.isfinite(np.asarray(u["w"])))
+
+
+# --- non-finite gradients --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+@pytest.mark.parametrize("scale", nsf.optim.SCALES)
+def test_a_bad_gradient_entry_spoils_only_its_coordinate_as_in_torch(dtype, scale, bad):
+    """One NaN/inf entry of a 5x4 leaf at step 3: from then on that coordinate is not finite and every other
+    coordinate of the leaf moves as the torch step moves it (before the mask, all 20 went non-finite)."""
+    params, grads = _problem(dtype, seed=7)
+    where = (1, 2)
+    grads[2]["w"][where] = bad
+    for p in (0.25, -0.25):
+        want = _torch_updates(params, grads, lr=3e-2, p=p, scale=scale)
+        got = _optax_updates(nsf_optax.nsf(3e-2, p=p, scale=scale), params, grads)
+        for t, (a, b) in enumerate(zip(got, want)):
+            finite = np.isfinite(a["w"])
+            expected = np.ones_like(finite)
+            if t >= 2:
+                expected[where] = False
+            assert np.array_equal(finite, expected), f"step {t + 1}, p={p}: non-finite at {np.argwhere(~finite)}"
+            assert np.array_equal(np.isfinite(b["w"]), expected)  # torch does the same
+            np.testing.assert_allclose(a["w"][finite], b["w"][finite], **TOL[dtype], err_msg=f"step {t + 1}")
+            for k in ("b", "dead", "empty"):
+                np.testing.assert_allclose(a[k], b[k], **TOL[dtype])

@@ -7,21 +7,12 @@ import pytest
 import torch
 
 import nsf
-from nsf.optim import _fused
 
 #: one p per exponent kind: zero, the square-root chains (both signs), and the general power (both signs)
 P_KINDS = [0.0, 0.25, -0.25, 0.5, -0.5, 0.75, -0.75, 1.0, -1.0, 0.37, -0.37]
 SCALES = ["raw", "sgd", "adam"]
 PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
-
-
-@pytest.fixture
-def plain_kernels(monkeypatch):
-    """The fused kernels' Python run as it is (the same arithmetic, no compile): fast, and every host read
-    inside them is visible to the guard below."""
-    monkeypatch.setattr(_fused, "BACKEND", None)
-    monkeypatch.setattr(_fused, "_kernels", {})
 
 
 def _params(dtype=torch.float32, seed=0):
@@ -37,7 +28,8 @@ def _set_grads(params, g):
 @pytest.mark.parametrize("path", ["foreach", "fused"])
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("p", P_KINDS)
-def test_capturable_step_reads_no_device_value_on_the_host(monkeypatch, plain_kernels, path, scale, p):
+def test_capturable_step_reads_no_device_value_on_the_host(monkeypatch, uncompiled_fused_kernels, path, scale,
+                                                           p):
     """Any .item()/.tolist()/bool()/float()/int() of a tensor inside step() fails, except of group["p"] (a
     host tensor by design); lr is a tensor too, so it is covered."""
     params = _params()
@@ -68,7 +60,7 @@ def test_capturable_step_reads_no_device_value_on_the_host(monkeypatch, plain_ke
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("p", [-0.37, -0.25, 0.0, 0.25, 0.5])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_gradient_coordinate_damages_only_itself(plain_kernels, path, scale, p, bad):
+def test_non_finite_gradient_coordinate_damages_only_itself(uncompiled_fused_kernels, path, scale, p, bad):
     """A bad coordinate is left out of the grafted norms, so every other coordinate moves exactly as if that
     coordinate's gradient were 0 throughout (which contributes nothing to the norms either), step after step:
     its m and v stay non-finite, as in Adam."""
@@ -94,7 +86,7 @@ def test_non_finite_gradient_coordinate_damages_only_itself(plain_kernels, path,
 
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("scale", ["sgd", "adam"])
-def test_grafted_non_finite_coordinate_is_lost_as_in_adam(plain_kernels, path, scale):
+def test_grafted_non_finite_coordinate_is_lost_as_in_adam(uncompiled_fused_kernels, path, scale):
     """The bad coordinate itself ends non-finite, as torch.optim.Adam's does (its m and v are NaN/inf)."""
     theta = torch.zeros(5, dtype=torch.float64, requires_grad=True)
     adam_theta = theta.detach().clone().requires_grad_()
@@ -110,7 +102,7 @@ def test_grafted_non_finite_coordinate_is_lost_as_in_adam(plain_kernels, path, s
 def test_host_graft_ratio_decides_as_the_device_one():
     """The CPU foreach graft forms its factors from host numbers: the same float64 arithmetic and the same
     zero for a zero, NaN or infinite norm as ``_graft_ratio`` on tensors."""
-    from nsf.optim._reference import _graft_ratio, _graft_ratio_host
+    from nsf.optim._single_tensor import _graft_ratio, _graft_ratio_host
     values = [0.0, 1e-300, 3e-8, 0.7, 1.0, 12.5, 1e300, float("inf"), float("nan")]
     pairs = [(a, b) for a in values for b in values]
     d = torch.tensor([a for a, _ in pairs], dtype=torch.float64)

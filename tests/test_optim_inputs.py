@@ -14,7 +14,6 @@ from torch import nn
 
 import nsf
 from nsf import NSF
-from nsf.optim import _fused
 from nsf.schedules import Cyclic, from_dict
 
 torch.set_num_threads(1)
@@ -22,11 +21,7 @@ F64 = torch.float64
 PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
 
 
-@pytest.fixture(autouse=True)
-def eager_fused(monkeypatch):
-    """The fused kernels' arithmetic run as plain Python: the same code path, no compile in this file."""
-    monkeypatch.setattr(_fused, "BACKEND", None)
-    monkeypatch.setattr(_fused, "_kernels", {})
+pytestmark = pytest.mark.usefixtures("uncompiled_fused_kernels")  # no compile in this file
 
 
 def _grads(shapes, steps, seed=0, dtype=F64):

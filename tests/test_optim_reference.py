@@ -1,8 +1,10 @@
-"""NSF's update against torch's optimizers, against SPEC.md §2 written out independently, and path vs path."""
+"""The reference (``nsf.optim.reference_step``, the method written out) against torch's optimizers and hand-written
+forms of the method, and every runtime path (single-tensor, foreach, fused) against the reference."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -10,10 +12,22 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import nsf
-from helpers import SpecNSF, cyclic_value, make_data, make_model, train
+from nsf.optim import StepOptions
+from helpers import ReferenceNSF, assert_close_updates, cyclic_value, make_data, make_model, train
 
 torch.set_num_threads(1)
+#: the fused kernels run uncompiled here (the same arithmetic); test_optim_fast.py compiles them
+pytestmark = pytest.mark.usefixtures("uncompiled_fused_kernels")
 FOREACH = [False, True]
+RUNTIME = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+PATHS = ["reference", *RUNTIME]
+
+
+def optimizer(path, params, **options):
+    """The reference driven as an optimizer, or NSF on one runtime path."""
+    if path == "reference":
+        return ReferenceNSF(params, **options)
+    return nsf.NSF(params, **options, **RUNTIME[path])
 
 
 def assert_same_params(a, b, rtol=1e-9, atol=1e-12):
@@ -23,19 +37,19 @@ def assert_same_params(a, b, rtol=1e-9, atol=1e-12):
 
 # --- p = 1/2 is Adam / AdamW --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("maximize", [False, True])
 @pytest.mark.parametrize("decoupled", [False, True])
-def test_half_equals_adam_and_adamw(foreach, amsgrad, maximize, decoupled):
-    ref_model, model = make_model(), make_model()
+def test_half_equals_adam_and_adamw(path, amsgrad, maximize, decoupled):
+    ref_model, model, start = make_model(), make_model(), make_model()
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     ref = cls(ref_model.parameters(), lr=3e-3, weight_decay=0.05, amsgrad=amsgrad, maximize=maximize, foreach=False)
-    opt = nsf.NSF(model.parameters(), lr=3e-3, weight_decay=0.05, scale="raw", p=0.5, amsgrad=amsgrad, maximize=maximize,
-                  decoupled_weight_decay=decoupled, foreach=foreach)
+    opt = optimizer(path, model.parameters(), lr=3e-3, weight_decay=0.05, scale="raw", p=0.5, amsgrad=amsgrad,
+                    maximize=maximize, decoupled_weight_decay=decoupled)
     train(ref_model, ref, 60)
     train(model, opt, 60)
-    assert_same_params(model, ref_model)
+    assert_close_updates(start.parameters(), ref_model.parameters(), model.parameters(), rtol=1e-9)
 
 
 # --- p = 0 is SGD with EMA momentum; Padam --------------------------------------------------------------
@@ -63,14 +77,14 @@ def sgd_ema(params, grads_fn, lr, beta1, steps):
                 q -= lr * m[i] / (1 - beta1**t)
 
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("scale", ["raw", "sgd"])
-def test_p_zero_is_sgd_with_ema_momentum(foreach, scale):
-    ref_model, model = make_model(), make_model()
+def test_p_zero_is_sgd_with_ema_momentum(path, scale):
+    ref_model, model, start = make_model(), make_model(), make_model()
     grads_fn = gradients_of(ref_model)
     sgd_ema(list(ref_model.parameters()), grads_fn, lr=0.05, beta1=0.9, steps=50)
-    train(model, nsf.NSF(model.parameters(), lr=0.05, p=0.0, scale=scale, foreach=foreach), 50)
-    assert_same_params(model, ref_model)
+    train(model, optimizer(path, model.parameters(), lr=0.05, p=0.0, scale=scale), 50)
+    assert_close_updates(start.parameters(), ref_model.parameters(), model.parameters(), rtol=1e-9)
 
 
 def test_p_zero_matches_torch_sgd_after_warmup_at_scaled_lr():
@@ -110,14 +124,14 @@ def padam_reference(params, grads_fn, lr, p, betas, eps, steps):
                 q -= lr * (m[i] / (1 - b1**t)) / ((vmax[i] / (1 - b2**t)) ** p + eps)
 
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("p", [0.125, 0.25, 0.5])
-def test_fixed_p_with_amsgrad_is_padam(foreach, p):
-    ref_model, model = make_model(), make_model()
+def test_fixed_p_with_amsgrad_is_padam(path, p):
+    ref_model, model, start = make_model(), make_model(), make_model()
     grads_fn = gradients_of(ref_model)
     padam_reference(list(ref_model.parameters()), grads_fn, lr=0.02, p=p, betas=(0.9, 0.999), eps=1e-8, steps=50)
-    train(model, nsf.NSF(model.parameters(), lr=0.02, scale="raw", p=p, amsgrad=True, foreach=foreach), 50)
-    assert_same_params(model, ref_model)
+    train(model, optimizer(path, model.parameters(), lr=0.02, scale="raw", p=p, amsgrad=True), 50)
+    assert_close_updates(start.parameters(), ref_model.parameters(), model.parameters(), rtol=1e-9)
 
 
 def test_registry_padam_is_nsf_with_amsgrad_and_p_eighth():
@@ -126,52 +140,75 @@ def test_registry_padam_is_nsf_with_amsgrad_and_p_eighth():
     assert isinstance(opt, nsf.NSF) and group["amsgrad"] and float(group["p"]) == 0.125
 
 
-# --- SPEC §2 for any p, scale, option ---------------------------------------------------------------------
+# --- every runtime path takes the reference's step, for any p, scale and option -----------------------------
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", list(RUNTIME))
 @pytest.mark.parametrize("scale", ["raw", "sgd", "adam"])
-@pytest.mark.parametrize("p", [-0.5, -0.37, 0.0, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("p", [-1.0, -0.5, -0.37, 0.0, 0.125, 0.25, 0.5, 0.9])
 @pytest.mark.parametrize("options", [{}, {"amsgrad": True, "weight_decay": 0.01},
-                                     {"decoupled": True, "weight_decay": 0.1, "maximize": True}])
-def test_matches_spec_formula(foreach, scale, p, options):
-    ref_model, model = make_model(), make_model()
+                                     {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True}])
+def test_every_path_takes_the_reference_step(path, scale, p, options):
+    ref_model, model, start = make_model(), make_model(), make_model()
     lr = 1e-2 if scale == "raw" and p <= 0 else 3e-3
-    spec = SpecNSF(ref_model.parameters(), lr=lr, p=p, scale=scale, **options)
-    kwargs = {k: v for k, v in options.items() if k != "decoupled"}
-    opt = nsf.NSF(model.parameters(), lr=lr, p=p, scale=scale, foreach=foreach,
-                  decoupled_weight_decay=options.get("decoupled", False), **kwargs)
-    train(ref_model, spec, 30)
-    train(model, opt, 30)
-    assert_same_params(model, ref_model)
+    train(ref_model, ReferenceNSF(ref_model.parameters(), lr=lr, p=p, scale=scale, **options), 30)
+    train(model, optimizer(path, model.parameters(), lr=lr, p=p, scale=scale, **options), 30)
+    assert_close_updates(start.parameters(), ref_model.parameters(), model.parameters(), rtol=1e-9)
 
 
-@pytest.mark.parametrize("foreach", FOREACH)
-def test_cyclic_schedule_follows_spec(foreach):
-    ref_model, model = make_model(), make_model()
+@pytest.mark.parametrize("path", list(RUNTIME))
+def test_cyclic_schedule_follows_the_reference(path):
+    ref_model, model, start = make_model(), make_model(), make_model()
     schedule = nsf.schedules.Cyclic(-0.3, 0.4, period=8)
-    spec = SpecNSF(ref_model.parameters(), lr=3e-3, p=lambda s: cyclic_value(s, -0.3, 0.4, 8), scale="adam")
-    opt = nsf.NSF(model.parameters(), lr=3e-3, p=schedule, scale="adam", foreach=foreach)
+    reference = ReferenceNSF(ref_model.parameters(), lr=3e-3, p=lambda s: cyclic_value(s, -0.3, 0.4, 8), scale="adam")
+    opt = optimizer(path, model.parameters(), lr=3e-3, p=schedule, scale="adam")
     seen = []
     x, y = make_data()
     for _ in range(20):
-        for o, m in ((spec, ref_model), (opt, model)):
+        for o, m in ((reference, ref_model), (opt, model)):
             m.zero_grad()
             torch.nn.functional.mse_loss(m(x), y).backward()
             o.step()
         seen.append(float(opt.param_groups[0]["p"]))
     assert seen == pytest.approx([cyclic_value(s, -0.3, 0.4, 8) for s in range(20)], abs=1e-12)
-    assert_same_params(model, ref_model)
+    assert_close_updates(start.parameters(), ref_model.parameters(), model.parameters(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("path", list(RUNTIME))
+@pytest.mark.parametrize("scale", ["raw", "sgd", "adam"])
+def test_complex_parameters_take_the_reference_step(path, scale):
+    """Real and imaginary parts are coordinates of one tensor (one graft norm), on every path as in the reference."""
+    torch.manual_seed(3)
+    z0 = torch.randn(5, 4, dtype=torch.complex128)
+    grads = [torch.randn(5, 4, dtype=torch.complex128) * torch.tensor([1.0, 10.0, 0.1, 1.0]) for _ in range(4)]
+    updates = []
+    for name in ("reference", path):
+        z = z0.clone().requires_grad_()
+        opt = optimizer(name, [z], lr=0.01, p=-0.25, scale=scale, weight_decay=0.01)
+        for g in grads:
+            z.grad = g.clone()
+            opt.step()
+        updates.append(torch.view_as_real(z.detach() - z0))
+    torch.testing.assert_close(updates[1], updates[0], rtol=0, atol=1e-10 * float(updates[0].abs().max()))
+
+
+def test_step_options_are_nsfs_options_with_its_defaults():
+    """``StepOptions.from_group`` reads a group by the field names: they must be NSF's options, defaults included,
+    but for ``total_steps``, which only sets p's schedule (the step sees p itself)."""
+    defaults = nsf.NSF([torch.zeros(1, requires_grad=True)]).defaults
+    fields = {f.name: f.default for f in dataclasses.fields(StepOptions)}
+    assert set(fields) == set(defaults) - {"total_steps"}
+    assert {k: v for k, v in fields.items() if k != "p"} == {k: defaults[k] for k in fields if k != "p"}
 
 
 # --- first-step closed forms (m̂ = g, v̂ = g² at t = 1) -----------------------------------------------------
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("p", [-0.5, -0.25, 0.0, 0.25, 0.5])
-def test_first_step_raw_closed_form(foreach, p):
+def test_first_step_raw_closed_form(path, p):
     g = torch.tensor([1e-3, -2e-2, 0.5, -3.0, 7.0], dtype=torch.float64)
     theta = torch.zeros(5, dtype=torch.float64, requires_grad=True)
     theta.grad = g.clone()
-    nsf.NSF([theta], lr=0.1, scale="raw", p=p, eps=1e-8, foreach=foreach).step()
+    optimizer(path, [theta], lr=0.1, scale="raw", p=p, eps=1e-8).step()
     if p > 0:
         expected = -0.1 * g / (g.abs() ** (2 * p) + 1e-8)
     else:
@@ -179,13 +216,13 @@ def test_first_step_raw_closed_form(foreach, p):
     torch.testing.assert_close(theta.detach(), expected, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("p", [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
-def test_first_step_sgd_scale_has_sgd_length_and_p_direction(foreach, p):
+def test_first_step_sgd_scale_has_sgd_length_and_p_direction(path, p):
     g = torch.tensor([[1e-3, -2e-2], [0.5, -3.0], [7.0, 1e-4]], dtype=torch.float64)
     theta = torch.zeros_like(g, requires_grad=True)
     theta.grad = g.clone()
-    nsf.NSF([theta], lr=0.1, p=p, scale="sgd", eps=0.0 + 1e-300, foreach=foreach).step()
+    optimizer(path, [theta], lr=0.1, p=p, scale="sgd", eps=0.0 + 1e-300).step()
     step = -theta.detach()
     torch.testing.assert_close(step.norm(), 0.1 * g.norm(), rtol=1e-12, atol=0)
     direction = g * g.abs() ** (-2 * p)
@@ -233,13 +270,13 @@ def test_foreach_equals_single_tensor(scale, p, amsgrad):
 
 # --- numerics: p < 0, extreme gradients, low precision ---------------------------------------------------
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("scale", ["raw", "sgd", "adam"])
 @pytest.mark.parametrize("p", [-1.0, -0.5, -0.25, 0.0, 0.25])
-def test_zero_gradients_are_a_no_op(foreach, scale, p):
+def test_zero_gradients_are_a_no_op(path, scale, p):
     theta = torch.randn(4, 3, requires_grad=True)
     before = theta.detach().clone()
-    opt = nsf.NSF([theta], lr=0.1, p=p, scale=scale, foreach=foreach)
+    opt = optimizer(path, [theta], lr=0.1, p=p, scale=scale)
     for _ in range(5):
         theta.grad = torch.zeros_like(theta)
         opt.step()
@@ -251,29 +288,29 @@ def test_zero_gradients_are_a_no_op(foreach, scale, p):
 EXTREMES = [1e-30, 1e-20, 1e-10, 1e-3, 1.0, 1e3, 1e10, 1e20, 1e30]
 
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", list(RUNTIME))
 @pytest.mark.parametrize("scale", ["raw", "sgd", "adam"])
 @pytest.mark.parametrize("p", [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
-def test_extreme_gradients_float64_stay_finite(foreach, scale, p):
+def test_extreme_gradients_float64_stay_finite(path, scale, p):
     """In float64 every step below is representable (|g|^(1-2p) ≤ 1e90), so params must stay finite."""
     g = torch.tensor(EXTREMES, dtype=torch.float64)
     theta = torch.zeros_like(g, requires_grad=True)
-    opt = nsf.NSF([theta], lr=1e-3, p=p, scale=scale, foreach=foreach)
+    opt = optimizer(path, [theta], lr=1e-3, p=p, scale=scale)
     for k in range(4):
         theta.grad = g * (-1) ** k
         opt.step()
         assert torch.isfinite(theta).all()
 
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", list(RUNTIME))
 @pytest.mark.parametrize("scale", ["raw", "sgd", "adam"])
 @pytest.mark.parametrize("p", [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])
-def test_extreme_gradients_float32_never_nan(foreach, scale, p):
+def test_extreme_gradients_float32_never_nan(path, scale, p):
     """float32: v = g² overflows for |g| > ~1e19; steps may then be ±inf for raw p < 0 (unrepresentable
     anyway) but never NaN, and grafted steps, bounded by their reference, stay finite."""
     g = torch.tensor(EXTREMES, dtype=torch.float32)
     theta = torch.zeros_like(g, requires_grad=True)
-    opt = nsf.NSF([theta], lr=1e-3, p=p, scale=scale, foreach=foreach)
+    opt = optimizer(path, [theta], lr=1e-3, p=p, scale=scale)
     for _ in range(3):
         theta.grad = g.clone()
         opt.step()
@@ -282,15 +319,15 @@ def test_extreme_gradients_float32_never_nan(foreach, scale, p):
             assert torch.isfinite(theta).all()
 
 
-@pytest.mark.parametrize("foreach", FOREACH)
+@pytest.mark.parametrize("path", list(RUNTIME))
 @pytest.mark.parametrize("scale", ["sgd", "adam"])
-def test_grafted_step_finite_where_raw_direction_overflows(foreach, scale):
+def test_grafted_step_finite_where_raw_direction_overflows(path, scale):
     """m̂·v̂^|p| with g = 1e15, p = −1 is ~1e45: inf in float32. The grafted step must still be the
     reference-length step along the (finite) direction."""
     g = torch.tensor([1e15, -1e10, 1.0, 1e-5], dtype=torch.float32)
     theta = torch.zeros_like(g, requires_grad=True)
     theta.grad = g.clone()
-    nsf.NSF([theta], lr=1.0, p=-1.0, scale=scale, foreach=foreach).step()
+    optimizer(path, [theta], lr=1.0, p=-1.0, scale=scale).step()
     assert torch.isfinite(theta).all()
     g64 = g.double()
     direction = g64 * g64.abs() ** 2
@@ -337,24 +374,18 @@ shapes = st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=3)
 def test_property_paths_agree_and_stay_finite(shape, p, log_scale, scale, amsgrad, seed):
     gen = torch.Generator().manual_seed(seed)
     grads = [torch.randn(shape, generator=gen, dtype=torch.float64) * 10.0**log_scale for _ in range(4)]
-    results = []
-    for foreach in FOREACH:
+    results = {}
+    for path in PATHS:
         theta = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
-        opt = nsf.NSF([theta], lr=1e-3, p=p, scale=scale, amsgrad=amsgrad, foreach=foreach)
+        opt = optimizer(path, [theta], lr=1e-3, p=p, scale=scale, amsgrad=amsgrad)
         for g in grads:
             theta.grad = g.clone()
             opt.step()
         assert torch.isfinite(theta).all()
-        results.append(theta.detach())
-    # the foreach path takes exp(|p|·log v) for general p: a few float64 ulps from pow, compounded over steps
-    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=0)
-    # and both equal SPEC §2 written out independently
-    theta = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
-    spec = SpecNSF([theta], lr=1e-3, p=p, scale=scale, amsgrad=amsgrad)
-    for g in grads:
-        theta.grad = g.clone()
-        spec.step()
-    torch.testing.assert_close(results[0], theta.detach(), rtol=1e-9, atol=0)
+        results[path] = theta.detach()
+    # the fast paths take exp(|p|·log v) for general p: a few float64 ulps from pow, compounded over steps
+    for path in RUNTIME:
+        torch.testing.assert_close(results[path], results["reference"], rtol=1e-9, atol=0)
 
 
 @settings(max_examples=30, deadline=None)

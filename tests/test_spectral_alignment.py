@@ -1,4 +1,4 @@
-"""Calibration, margins and the alignment callback on hand-made logits with known answers (SPEC §4.3)."""
+"""Calibration, margins and the alignment callback on hand-made logits with known answers (docs/spectral.md §4)."""
 import math
 
 import pytest

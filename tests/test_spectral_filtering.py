@@ -1,4 +1,4 @@
-"""Xu et al.'s filtering split and the δ rule (SPEC §4.2)."""
+"""Xu et al.'s filtering split and the δ rule (docs/spectral.md §3)."""
 import numpy as np
 import torch
 from torch.nn import functional as F

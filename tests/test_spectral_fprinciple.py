@@ -1,4 +1,4 @@
-"""Per-frequency DFT error, target construction, time to learn and matched-loss statistics (SPEC §4.2)."""
+"""Per-frequency DFT error, target construction, time to learn and matched-loss statistics (docs/spectral.md §2)."""
 import math
 
 import numpy as np

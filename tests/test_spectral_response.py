@@ -1,4 +1,4 @@
-"""The optimizer-as-a-filter instrument against the real NSF optimizer (SPEC §4.1)."""
+"""The optimizer-as-a-filter instrument against the real NSF optimizer (docs/spectral.md §1)."""
 import numpy as np
 import pytest
 import torch

@@ -9,4 +9,4 @@ from .schedules import HyperparamScheduler
 
 __all__ = ["FSGDM", "NSF", "HyperparamScheduler", "OPTIMIZERS", "create_optimizer", "default_cycle", "param_groups",
            "parse_spec", "schedules"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

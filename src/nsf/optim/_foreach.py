@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, _get_value, _view_as_real
 
-from ._reference import _compute_dtype, _graft_ratio, _graft_ratio_host
+from ._single_tensor import _compute_dtype, _graft_ratio, _graft_ratio_host
+from ._step_options import StepOptions
 
 #: |p| values with an exact square-root chain (and p = 0, which needs no power at all): multiples of ⅛ up to 1.
 FAST_EXPONENTS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
@@ -65,15 +66,16 @@ def _foreach_power(xs: list[Tensor], exponent: float, root: list[Tensor] | None 
     return out
 
 
-def _multi_tensor_nsf(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
-    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
-) -> None:
+def _multi_tensor_nsf(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, options: StepOptions, *,
+                      has_complex: bool = False) -> None:
     """The reference's arithmetic with the bias corrections folded into per-tensor scalars (as
     torch's Adam does): one power and one fused multiply-add per element for the raw step."""
     if not params:
         return
-    p_value = float(p)  # p lives on the CPU: reading it syncs no device
+    o = options
+    beta1, beta2 = o.betas
+    lr, weight_decay, amsgrad = o.lr, o.weight_decay, o.amsgrad
+    p_value = float(o.p)  # p lives on the CPU: reading it syncs no device
     grouped = _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
     for (device, dtype, sdtype), (d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs, d_steps) in (
         grouped.items()
@@ -84,7 +86,7 @@ def _multi_tensor_nsf(
                 _view_as_real(d_params, d_grads, d_exp_avgs, d_exp_avg_sqs, d_max_exp_avg_sqs)
             else:
                 _view_as_real(d_params, d_grads, d_exp_avgs, d_exp_avg_sqs)
-        if maximize:
+        if o.maximize:
             d_grads = torch._foreach_neg(d_grads)
         if sdtype != dtype:  # state_dtype: the moments are kept in another dtype than the parameters
             d_grads = [g.to(sdtype) for g in d_grads]
@@ -95,7 +97,7 @@ def _multi_tensor_nsf(
             torch._foreach_add_(d_steps, 1)
 
         if weight_decay != 0:
-            if decoupled_weight_decay:
+            if o.decoupled_weight_decay:
                 torch._foreach_mul_(d_params, 1 - lr * weight_decay)
             else:
                 wd_params = d_params if sdtype == dtype else [q.to(sdtype) for q in d_params]
@@ -108,7 +110,7 @@ def _multi_tensor_nsf(
         if amsgrad:
             torch._foreach_maximum_(d_max_exp_avg_sqs, d_exp_avg_sqs)
 
-        if capturable:  # keep bias corrections on the device as 0-dim float64 tensors
+        if o.capturable:  # keep bias corrections on the device as 0-dim float64 tensors
             counts = torch.stack(d_steps).to(torch.float64)
             bc1, bc2 = (1 - beta1**counts).unbind(), (1 - beta2**counts).unbind()
         else:
@@ -120,12 +122,12 @@ def _multi_tensor_nsf(
         cdtype = _compute_dtype(torch.promote_types(dtype, sdtype))
         m = [t.to(cdtype) for t in d_exp_avgs] if cdtype != sdtype else d_exp_avgs
         v = [t.to(cdtype) for t in v] if cdtype != sdtype else v
-        if scale != "raw":
-            host_check = not capturable and d_params[0].is_cpu and not _is_dtensor(d_params[0])
-            d = _foreach_grafted(m, v, bc1, bc2, p_value, eps, scale, host_check)
+        if o.scale != "raw":
+            host_check = not o.capturable and d_params[0].is_cpu and not _is_dtensor(d_params[0])
+            d = _foreach_grafted(m, v, bc1, bc2, p_value, o.eps, o.scale, host_check)
         else:
-            d = _foreach_raw(d_params, m, v, bc1, bc2, p_value, lr, eps, fold_lr=not (
-                isinstance(lr, Tensor) or capturable))
+            d = _foreach_raw(d_params, m, v, bc1, bc2, p_value, lr, o.eps, fold_lr=not (
+                isinstance(lr, Tensor) or o.capturable))
             if d is None:
                 continue
         if cdtype != dtype:
@@ -171,7 +173,7 @@ def _foreach_raw(params, m, v, bc1, bc2, p_value, lr, eps, fold_lr: bool) -> lis
 
 
 def _foreach_grafted(m, v, bc1, bc2, p_value, eps, scale, host_check=False) -> list[Tensor]:
-    """The grafted step per unit lr: ``_reference._graft_terms`` and its ratio in foreach form. Norms are taken
+    """The grafted step per unit lr: ``_single_tensor._graft_terms`` and its ratio in foreach form. Norms are taken
     over the finite entries, so one NaN/inf gradient coordinate damages only its own coordinate and no norm
     overflows. On the device no norm is read on the host; with ``host_check`` (CPU tensors, not capturable:
     reading a value there synchronises nothing) the norms are read once and the per-tensor factors formed in

@@ -6,10 +6,11 @@ direction, between momentum's (p = 0) and Adam's (p = ½)).
 
 The p cycle, a cosine between 0 and ½, is the evidence protocol's search winner (docs/evidence.md, stage 1:
 p range × scale, then 1/2/4/8 cycles per run, LRs tuned, validation splits only; docs/RESULTS.md): (0, ½)
-beat (−¼, ¼) under every scale, and 2 cycles per run beat 1, 4 and 8. The one deviation from the declared rule
-is the scale: the winner was sgd-grafted, 0.0007 nats of validation loss ahead of adam-grafted, far inside the
-noise, and "adam" keeps Adam's meaning of ``lr`` (drop-in). The cycle is stepped on multiples of ⅛ (square-root
-chains, no log/exp per element): on the search tasks' validation splits that changed the final loss by
+beat (−¼, ¼) under the adam and sgd scales (under raw, (−¼, ¼) was better: 0.7337 vs 0.7409 nats), and 2 cycles
+per run beat 1, 4 and 8. The one deviation from the declared rule is the scale: the winner was sgd-grafted,
+0.0007 nats of validation loss ahead of adam-grafted, far inside the noise, and "adam" keeps Adam's meaning of
+``lr`` (drop-in). The cycle is stepped on multiples of ⅛ (square-root chains, no log/exp per element): on the
+search tasks' validation splits that changed the final loss by
 −0.0000 [−0.0021, +0.0021] and −0.0003 [−0.0014, +0.0008] nats (10 seeds, benchmarks/quantized_default.py).
 The searched form is two cycles per run: ``NSF(params, total_steps=T)`` (the run's number of optimizer steps)
 takes it. Without T the library cannot know the run's length, and the period is ``DEFAULT_P``'s 1000 steps.

@@ -1,12 +1,14 @@
-"""NSF: Adam with a signed, scheduled second-moment exponent p (SPEC.md §2): the class, its validation, and
-the dispatch to the three paths — ``_single_tensor_nsf`` (``_reference.py``: the specification),
-``_multi_tensor_nsf`` (``_foreach.py``) and ``_fused_nsf`` (``_fused.py``), both proven equal to the reference
-by the tests (tests/test_optim_reference.py, tests/test_optim_fast.py).
+"""NSF: Adam with a signed, scheduled second-moment exponent p: the class, and ``nsf``, the functional step
+that chooses among the three paths — ``_single_tensor_nsf`` (``_single_tensor.py``), ``_multi_tensor_nsf``
+(``_foreach.py``) and ``_fused_nsf`` (``_fused.py``). Each takes a group's ``StepOptions`` and is tested equal
+to ``reference_step`` (``reference.py``, the method written out) in tests/test_optim_reference.py and
+tests/test_optim_fast.py.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from typing import Any, Callable
 
@@ -18,8 +20,9 @@ from .. import schedules as _schedules
 from . import _fused
 from ._foreach import _is_dtensor, _multi_tensor_nsf
 from ._fused import _fused_nsf
-from ._reference import _single_tensor_nsf
 from ._options import SCALES, check_loadable, checked_options, p_schedule, state_dtype_for
+from ._single_tensor import _single_tensor_nsf
+from ._step_options import StepOptions, initial_state
 from .defaults import DEFAULT_LR, DEFAULT_SCALE  # defined once, imported everywhere
 
 __all__ = ["NSF", "nsf", "SCALES"]
@@ -269,7 +272,7 @@ class NSF(Optimizer):
             group["p"].fill_(schedule(group["step"]))
         group["step"] += 1
 
-    def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps) -> bool:
+    def _init_group(self, group, options, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps) -> bool:
         has_complex = False
         for param in group["params"]:
             if param.grad is None:
@@ -281,20 +284,10 @@ class NSF(Optimizer):
             grads.append(param.grad)
             state = self.state[param]
             if len(state) == 0:
-                state["step"] = (
-                    torch.zeros((), dtype=torch.float32, device=param.device)
-                    if group["capturable"]
-                    else torch.tensor(0.0, dtype=torch.float32)
-                )
-                sdtype = state_dtype_for(param, group["state_dtype"])
-                state["exp_avg"] = torch.zeros_like(param, dtype=sdtype, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, dtype=sdtype, memory_format=torch.preserve_format)
-                if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        param, dtype=sdtype, memory_format=torch.preserve_format)
+                state.update(initial_state(param, options))
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
-            if group["amsgrad"]:
+            if options.amsgrad:
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             state_steps.append(state["step"])
         return has_complex
@@ -311,6 +304,7 @@ class NSF(Optimizer):
             if group["scale"] not in SCALES:
                 raise ValueError(f"Invalid scale: {group['scale']!r}; expected one of {', '.join(SCALES)}")
         for index, group in enumerate(self.param_groups):
+            options = StepOptions.from_group(group)
             params: list[Tensor] = []
             grads: list[Tensor] = []
             exp_avgs: list[Tensor] = []
@@ -318,37 +312,23 @@ class NSF(Optimizer):
             max_exp_avg_sqs: list[Tensor] = []
             state_steps: list[Tensor] = []
             has_complex = self._init_group(
-                group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+                group, options, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
             if not params:
                 continue  # a group with no gradients takes no step and its p clock stands still
-            self._advance_p(index, group)
-            beta1, beta2 = group["betas"]
-            lr = group["lr"]
-            if isinstance(lr, Tensor) and lr.dim() != 0:  # a one-element lr of any shape, as torch's Adam
-                lr = lr.squeeze()
-            nsf(
-                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                p=group["p"], lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
-                weight_decay=group["weight_decay"], scale=group["scale"], amsgrad=group["amsgrad"],
-                decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"],
-                foreach=group["foreach"], capturable=group["capturable"],
-                differentiable=group["differentiable"], has_complex=has_complex, fused=group["fused"],
-            )
+            self._advance_p(index, group)  # fills group["p"], the tensor options.p holds, in place
+            nsf(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, options, has_complex=has_complex)
         return loss
 
 
-def _use_fused(params: list[Tensor], fused: bool | None, foreach: bool | None, differentiable: bool,
-               has_complex: bool) -> bool:
+def _use_fused(params: list[Tensor], options: StepOptions, has_complex: bool) -> bool:
     """Whether this call takes the compiled path. ``fused=None`` chooses it where it was measured to win (see
     ``docs/performance.md``); cases it does not cover (complex parameters, differentiable, inside an outer
     ``torch.compile``) quietly take the other paths. ``fused=True`` on a device or dtype the kernels cannot
     run raises before anything is compiled or written."""
-    if fused is False or differentiable or has_complex:
+    if options.fused is False or options.differentiable or has_complex or torch.compiler.is_compiling():
         return False
-    if torch.compiler.is_compiling() or not _fused.available():
-        return False
-    if fused is None:
-        return foreach is None and _auto_fused(params)
+    if options.fused is None:
+        return options.foreach is None and _auto_fused(params)
     _fused.check_support(params)
     return True
 
@@ -365,53 +345,23 @@ def _auto_fused(params: list[Tensor]) -> bool:
     return not any(_is_dtensor(q) for q in params)
 
 
-def nsf(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    state_steps: list[Tensor],
-    *,
-    p: Tensor,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    scale: str = "raw",
-    amsgrad: bool = False,
-    decoupled_weight_decay: bool = False,
-    maximize: bool = False,
-    foreach: bool | None = None,
-    capturable: bool = False,
-    differentiable: bool = False,
-    has_complex: bool = False,
-    fused: bool | None = None,
-) -> None:
-    """Functional NSF step (see ``NSF``); ``p`` is a 0-dim tensor."""
-    fast = params and _use_fused(params, fused, foreach, differentiable, has_complex)
+def nsf(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+        max_exp_avg_sqs: list[Tensor], state_steps: list[Tensor], options: StepOptions, *,
+        has_complex: bool = False) -> None:
+    """Functional NSF step over one group's tensors (see ``NSF``): the step ``options`` choose the path."""
+    fast = bool(params) and _use_fused(params, options, has_complex)
+    foreach = options.foreach
     if foreach is None:  # unlike torch's Adam, also on the CPU: the foreach path does fewer passes there
-        foreach = not differentiable
-    if (fast or foreach) and scale == "adam" and not torch.compiler.is_compiling() and float(p) == 0.5:
+        foreach = not options.differentiable
+    compiling = torch.compiler.is_compiling()
+    if (fast or foreach) and options.scale == "adam" and not compiling and float(options.p) == 0.5:
         # m̂/(√v̂ + ε) grafted onto its own length is Adam's step itself: the fast paths take the raw kernel (one
-        # pass, no norms); the reference path keeps the graft, so the tests prove the two equal
-        scale = "raw"
+        # pass, no norms); the single-tensor path keeps the graft, so the tests prove the two equal
+        options = dataclasses.replace(options, scale="raw")
     if fast:
-        _fused_nsf(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-            p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,
-            amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-            capturable=capturable, has_complex=has_complex,
-        )
-        return
-    if foreach and not torch.compiler.is_compiling():
-        func = _multi_tensor_nsf
-    else:  # the reference path; under torch.compile it is traced with p as a tensor input
-        func = _single_tensor_nsf
-    func(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-        p=p, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, scale=scale,
-        amsgrad=amsgrad, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-        capturable=capturable, has_complex=has_complex,
-    )
+        path = _fused_nsf
+    elif foreach and not compiling:
+        path = _multi_tensor_nsf
+    else:  # under torch.compile the single-tensor path is traced with p as a tensor input
+        path = _single_tensor_nsf
+    path(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, options, has_complex=has_complex)

@@ -80,7 +80,7 @@ def _bench(args) -> int:
     planner = Planner(suite, sw.store, retry_failed=True, data_root=args.data_root, announce=True)
     bar = Progress(suite.name, engine.slots)
     try:
-        stats = drive(sw, planner.plan, engine, progress=bar)
+        stats = drive(sw, lambda: planner.plan(until=args.until), engine, progress=bar)
     finally:
         bar.close()
         sw.write_decisions(planner.decisions())
@@ -158,6 +158,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--data-root", help="folder with user-supplied datasets (Fashion-MNIST IDX, CIFAR pickles)")
     p.add_argument("--report", action="store_true", help="write DIR/report.md when done")
+    p.add_argument("--until", choices=["tuned"],
+                   help="stop once every choice is made (search, LR tuning, references: validation runs only); "
+                        "resuming without it runs the rest")
     p.set_defaults(func=_bench)
 
     r = subparsers.add_parser("report", help="write DIR/report.md and plots from a bench run directory")

@@ -32,21 +32,28 @@ def test_size(task: str, data_root: str | None = None) -> int | None:
 
 def analyse(dec, data_root: str | None = None) -> dict:
     recs = list(dec.store.records().values())
+    design = V.design_of(getattr(dec.suite, "protocol", None))
     arms = V.arms_of(dec)
     best = {t: (dec.d.get("best_baseline") or {}).get(t) for t in arms}  # chosen on validation by the planner
     n_test = {t: test_size(t, data_root) for t in arms}
     curves_of = lambda r: dec.store.curves(r["run_id"])  # noqa: E731
-    c12 = V.claim_c1_c2(arms, best, n_test)
+    c12 = V.claim_c1_c2(arms, best, n_test, design)
     ttt = {}
-    m = max(1, len(arms))  # C3 family: P1 on every task; Bonferroni level (a bootstrap has no Holm p-value)
+    # C3 family: P1 on every task with budget runs; Bonferroni level (a bootstrap has no Holm p-value)
+    m = max(1, len(getattr(dec.suite, "budget_tasks", None) or arms))
     for t, a in arms.items():
         if "NSF default" in a and best[t] in a:
             ttt[t] = V.time_to_target(a["NSF default"], a[best[t]], level=1 - V.ALPHA / m)
-    c4 = V.claim_c4(arms, best, curves_of)
+    c4 = V.claim_c4(arms, best, curves_of, design)
     fsgdm = {t: V.alignment(a["NSF default"], a["FSGDM"], curves_of)
              for t, a in arms.items() if "NSF default" in a and "FSGDM" in a}
-    return {"arms": arms, "best": best, "n_test": n_test, "C1": c12["C1"], "C2": c12["C2"], "C3": ttt,
-            "C4": c4, "C4_fsgdm": fsgdm, "power": V.power_table(arms, best, n_test), "records": recs}
+    an = {"arms": arms, "best": best, "n_test": n_test, "C1": c12["C1"], "C2": c12["C2"], "C3": ttt,
+          "C4": c4, "C4_fsgdm": fsgdm, "power": V.power_table(arms, best, n_test, design=design), "records": recs,
+          "design": design}
+    if design.counted_once:
+        from . import evidence3_md
+        an["v3"] = evidence3_md.analyse(dec, an)
+    return an
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -83,7 +90,8 @@ def banner(dec, n_done: int) -> list[str]:
 
 def render(dec, an: dict, files: dict, img_prefix: str = "", notes: str = "") -> str:
     recs = an["records"]
-    L = [f"# nsf bench report: suite `{dec.suite.name}` (evidence protocol, docs/evidence.md)\n"]
+    doc = "docs/evidence_v3.md" if "v3" in an else "docs/evidence.md"
+    L = [f"# nsf bench report: suite `{dec.suite.name}` (evidence protocol, {doc})\n"]
     L += banner(dec, len(recs))
     vers = recs[0].get("versions", {}) if recs else {}
     L.append(f"- runs: {len(recs)} finished ({sum(1 for r in recs if r['final'].get('diverged'))} diverged, "
@@ -94,6 +102,9 @@ def render(dec, an: dict, files: dict, img_prefix: str = "", notes: str = "") ->
     if notes:
         L.append(notes.rstrip() + "\n")
     L += _summary(an)
+    if "v3" in an:
+        from . import evidence3_md
+        L += evidence3_md.render(an, dec.suite)
     L += _paired_tables(an)
     L += _power(an)
     L += _ttt(an)
@@ -108,9 +119,7 @@ def render(dec, an: dict, files: dict, img_prefix: str = "", notes: str = "") ->
 
 def _summary(an: dict) -> list[str]:
     L = ["## Verdicts per claim × arm kind\n",
-         "Primary comparisons P1 (tuned: NSF default vs the best tuned baseline, chosen on validation), P2/P3 "
-         "(tied: NSF-adam at Adam's LR vs Adam; NSF-sgd at 10× SGD-M's LR vs SGD-M), P4 (one-shot: NSF-adam vs "
-         "Adam at 1e-3). Cells: verdict, Δ and its Holm-corrected CI.\n",
+         an["design"].intro + " Cells: verdict, Δ and its Holm-corrected CI.\n",
          "| task | claim | " + " | ".join(KINDS) + " |", "|---|---|" + "---|" * len(KINDS)]
     for task in an["arms"]:
         for claim, rows, cell in (("C1 error (pt)", an["C1"]["rows"], lambda r: _ci(r["res"])),
@@ -135,7 +144,7 @@ def _paired_tables(an: dict) -> list[str]:
     for claim, title, digits in (("C1", "C1 lower test error: Δ test error (points)", 2),
                                  ("C2", "C2 lower test loss: Δ test cross-entropy", 4)):
         L += [f"## {title}\n",
-              "Holm correction across the whole primary list (every task × P1–P4) for this claim; each CI is at "
+              f"Holm correction across the whole primary list ({an['design'].family}) for this claim; each CI is at "
               "its Holm step's level." + (" Equivalence margin ±0.3 points where the test set has ≥ 3000 "
                                           "examples, ±1 point (and a held needs Δ ≤ −1) below that."
                                           if claim == "C1" else " No equivalence margin.") + "\n",
@@ -171,6 +180,12 @@ def _power(an: dict) -> list[str]:
                  f"{p['need'] or '> 10000'} | {p['z_formula']} | {p['need_1pt'] or '> 10000'} | "
                  f"{p['resolvable']:.2f} |")
     L.append("")
+    if any("holm_m" in p for p in an["power"]):
+        L += ["At Holm's first step (α / the family's size: the strictest level any primary is tested at):\n",
+              "| task | family size | seeds for 0.3 pt | resolvable now (pt) |", "|---|---|---|---|"]
+        L += [f"| {p['task']} | {p['holm_m']} | {p['need_holm'] or '> 10000'} | {p['resolvable_holm']:.2f} |"
+              for p in an["power"]]
+        L.append("")
     return L
 
 
@@ -205,10 +220,11 @@ def _ttt(an: dict) -> list[str]:
 
 
 def _alignment(an: dict) -> list[str]:
+    control = " − ".join(an["design"].control)
     L = ["## C4 early alignment\n",
          "Per seed: NSF − baseline test accuracy (points) at matched training loss and at matched test loss (three "
          "log-spaced loss levels every run of the pair passes), and averaged over the evaluations in the first 20 % "
-         "of the run. Holm across the primary list per measure. Negative control: AdamW − Adam. Test loss is "
+         f"of the run. Holm across the primary list per measure. Negative control: {control}. Test loss is "
          "temperature-scaled (T fitted per evaluation on the test logits, amendment 13) where the runs record it "
          "(marked *T*); stage-1 records predate it and match the unscaled test loss.\n",
          "| task | id | kind | pair | seeds | at matched train loss | at matched test loss | first 20 % | verdict |",
@@ -224,7 +240,8 @@ def _alignment(an: dict) -> list[str]:
         L.append(f"| {r['task']} | {r['id']} | {r['kind']} | {r['nsf']} − {r['base']} | {cells(r['res'])} | "
                  f"**{r['verdict']}** |")
     for task, res in an["C4"]["control"].items():
-        L.append(f"| {task} | control | tuned | AdamW − Adam | {cells(res)} | (95 % CI) |")
+        kind = an["arms"][task][an["design"].control[0]].kind
+        L.append(f"| {task} | control | {kind} | {control} | {cells(res)} | (95 % CI) |")
     for task, res in an["C4_fsgdm"].items():
         L.append(f"| {task} | secondary | tuned | NSF default − FSGDM | {cells(res)} | (95 % CI) |")
     L.append("")
@@ -275,7 +292,7 @@ def plots(dec, an: dict, outdir: Path) -> dict:
             ax.legend(fontsize=7)
             files[task, "budget"] = Path(save_figure(fig, outdir / f"{task}_evidence_budget.png", dpi=90)).name
         pairs = [(r["nsf"], r["base"]) for r in an["C4"]["rows"] if r["task"] == task and r["res"]]
-        pairs += [V.CONTROL] if all(k in arms for k in V.CONTROL) else []
+        pairs += [an["design"].control] if all(k in arms for k in an["design"].control) else []
         if not pairs:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))

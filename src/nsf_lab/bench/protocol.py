@@ -41,11 +41,15 @@ def failed(rec: dict | None) -> bool:
 
 
 def summary(recs: list[dict]) -> dict:
-    """Mean validation error and loss over the tuning seeds' records (diverged or failed: error 1, loss inf)."""
+    """Mean validation error and loss (and loss at the fitted temperature, where recorded) over the tuning seeds'
+    records (diverged or failed: error 1, loss inf)."""
     bad = [score(r)[0] != 0 for r in recs]
     err = [1.0 if b else r["final"]["error"] for r, b in zip(recs, bad)]
     loss = [INF if b else r["final"]["loss"] for r, b in zip(recs, bad)]
-    return {"error": sum(err) / len(err), "loss": sum(loss) / len(loss), "diverged": any(bad)}
+    out = {"error": sum(err) / len(err), "loss": sum(loss) / len(loss), "diverged": any(bad)}
+    if all("loss_ts" in r["final"] for r in recs):  # runs since evidence v3
+        out["loss_ts"] = sum(INF if b else r["final"]["loss_ts"] for r, b in zip(recs, bad)) / len(recs)
+    return out
 
 
 def eval_size(task: str, split: str, data_root: str | None = None) -> int:
@@ -158,12 +162,21 @@ class Planner:
                 if d is None:
                     complete = False
                     continue
-                per_task.append({"task": task, "lr": d.lr, **summary(recs[d.lr])})
+                per_task.append({"task": task, "lr": d.lr, "score": d.scores[d.lr][1], **summary(recs[d.lr])})
             if complete:
                 n = len(per_task)
                 rows.append({"spec": spec, "error": sum(p["error"] for p in per_task) / n,
                              "loss": sum(p["loss"] for p in per_task) / n, "per_task": per_task})
         return todo, rows
+
+    def _relative(self, rows: list[dict]) -> list[dict]:
+        """Search score "relative": each row's mean over tasks of its tuned score / the best row's on that task."""
+        if self.suite.search.score == "relative" and rows:
+            best = {p["task"]: min(q["score"] for r in rows for q in r["per_task"] if q["task"] == p["task"])
+                    for p in rows[0]["per_task"]}
+            for r in rows:
+                r["relative"] = sum(p["score"] / best[p["task"]] for p in r["per_task"]) / len(r["per_task"])
+        return rows
 
     def search(self) -> tuple[list[dict], dict | None]:
         """(todo, details or None while unfinished): stage A and B rows, their winners."""
@@ -172,7 +185,7 @@ class Planner:
         todo, rows_a = self._search_rows(s.stage_a)
         if todo:
             return todo, None
-        win_a = best(rows_a)
+        win_a = best(self._relative(rows_a))
         todo, rows_b = self._search_rows(s.stage_b(copy.deepcopy(win_a)))
         if todo:
             return todo, None
@@ -181,7 +194,7 @@ class Planner:
             if spec_key(r["spec"]) not in seen:
                 seen.add(spec_key(r["spec"]))
                 rows.append(r)
-        return [], {"stage_a": rows_a, "stage_b": rows_b, "winner_a": win_a, "winner": best(rows)}
+        return [], {"stage_a": rows_a, "stage_b": rows_b, "winner_a": win_a, "winner": best(self._relative(rows))}
 
     # -- optimizer list ------------------------------------------------------------------------------------
     def optimizers(self) -> tuple[list[dict], list[tuple[str, dict]] | None]:
@@ -190,11 +203,12 @@ class Planner:
             todo, det = self.search()
             if det is None:
                 return todo, None
-            default = det["winner"]
-        else:
-            default = parse_spec(self.suite.default)
+        own = self.suite.search.label if self.suite.search is not None else None
+        default = det["winner"] if self.suite.search is not None and own is None else parse_spec(self.suite.default)
         opts = [(label, parse_spec(s)) for label, s in self.suite.baselines]
         opts.append(("NSF default", default))
+        if own is not None:  # the search chose an arm of its own (evidence3: the raw signed-p cycle)
+            opts.append((own, det["winner"]))
         p = default.get("p")
         if self.suite.ablations and isinstance(p, dict) and p.get("type") == "cyclic":
             scale = default.get("scale", "raw")
@@ -214,18 +228,21 @@ class Planner:
         return [1.0] + (list(self.suite.budgets) if label == "NSF default" else [])
 
     # -- whole plan ----------------------------------------------------------------------------------------
-    def plan(self) -> list[tuple[dict, dict]]:
+    def plan(self, until: str | None = None) -> list[tuple[dict, dict]]:
         """Runs that can be started now (their prerequisites are finished), with metadata, in priority order:
-        the search, then task by task in the suite's order, tuning before seeds."""
+        the search, then task by task in the suite's order, tuning before seeds.  ``until="tuned"``: only the
+        validation-side runs (search, LR tuning, references), i.e. the sweep stops once every choice is made."""
+        if until not in (None, "tuned"):
+            raise ValueError(f"until must be None or 'tuned', got {until!r}")
         out = []
         todo, opts = self.optimizers()
-        evidence = self.suite.protocol == "evidence"
+        evidence = self.suite.protocol in ("evidence", "evidence3")
         tag = (lambda c: {"label": spec_to_str(c["optimizer"]), "arm": "search"}) if evidence else (lambda c: {})
         out += [(c, {"stage": "search", **tag(c)}) for c in todo]
         if evidence and opts is not None:
             self._announce()
             for task in self.suite.tasks:
-                out += self.evidence_task(task, self.arms(opts))[0]
+                out += self.protocol_task(task, self.arms(opts))[0]
         for task in self.suite.tasks if opts is not None and not evidence else []:
             for label, spec in opts:
                 todo, d, _ = self.tune(task, spec)
@@ -240,12 +257,15 @@ class Planner:
         order = {t: i for i, t in enumerate(self.suite.search.tasks if self.suite.search else [])}
         order.update({t: len(order) + i for i, t in enumerate(self.suite.tasks)})
         out.sort(key=lambda cm: (cm[1]["stage"] != "search", order.get(cm[0]["task"], 99), cm[1]["stage"] != "tune"))
-        return self._unique(out)
+        return self._unique([cm for cm in out if until is None or cm[0]["split"] == "val"])
 
     # -- protocol "evidence" -------------------------------------------------------------------------------
     def arms(self, opts: list[tuple[str, dict]]) -> list[dict]:
         """Every arm: {"label", "kind", "spec"}; a tied arm also has "base" (the arm whose chosen LR it takes on
         the same task) and "decades" (the shift of that LR: +1 = 10x), a one-shot arm its fixed "lr"."""
+        if self.suite.protocol == "evidence3":
+            from .evidence3 import arms
+            return arms(self, opts)
         w = dict(opts)["NSF default"]
         out = [{"label": label, "kind": "tuned", "spec": spec} for label, spec in opts]
         raw = {"name": "nsf", "p": {**w["p"], "low": 0.25, "high": 0.5}, "scale": "raw"}
@@ -266,12 +286,23 @@ class Planner:
             return None
         return min(labels, key=lambda label: (dec[label]["val"]["loss"], dec[label]["val"]["error"]))
 
+    def protocol_task(self, task: str, arms: list[dict]) -> tuple[list, dict, str | None]:
+        """:meth:`evidence_task`, or its evidence3 form (seed agreement, runner-up LRs, reference runs)."""
+        if self.suite.protocol == "evidence3":
+            from .evidence3 import plan_task
+            return plan_task(self, task, arms)
+        return self.evidence_task(task, arms)
+
+    def tied_lr(self, lr: float, decades: float) -> float:
+        """``lr`` shifted by ``decades`` on the grid's lattice (one exact float per LR)."""
+        g = Grid.default()
+        return g.at(g.fine(lr) + round(decades / (g.step / 2)))
+
     def evidence_task(self, task: str, arms: list[dict]) -> tuple[list, dict, str | None]:
         """(runs that can start now with meta, {label: decision}, best baseline or None) on one task.  A decision
         is {"kind", "lr", "flags", "tried"} (+ "val": the tuned LR's validation summary, "derived": how a tied
         arm's LR was found, "budgets": {str(budget): {"lr", "flags", "tried"}} for the re-tuned budgets)."""
         todo, dec, spec_of = [], {}, {}
-        g = Grid.default()
         for a in arms:
             label, m = a["label"], {"label": a["label"], "arm": a["kind"]}
             spec_of[label] = (a["spec"], m)
@@ -282,9 +313,13 @@ class Planner:
                     dec[label] = {"kind": "tuned", "lr": d.lr, "flags": d.flags, "val": summary(recs[d.lr]),
                                   "tried": [[lr, summary(r)] for lr, r in sorted(recs.items())]}
             elif a["kind"] == "tied" and a["base"] in dec:
-                lr = g.at(g.fine(dec[a["base"]]["lr"]) + round(a["decades"] / (g.step / 2)))
+                lr = self.tied_lr(dec[a["base"]]["lr"], a["decades"])
                 dec[label] = {"kind": "tied", "lr": lr, "flags": [], "tried": [],
                               "derived": f"{10 ** a['decades']:g} x {a['base']}'s chosen lr"}
+                if "decay_per_run" in a:  # evidence3's control: a weight decay stated per run at this lr
+                    from .evidence3 import decayed
+                    spec_of[label] = (decayed(self, task, a["spec"], lr, a["decay_per_run"]), m)
+                    dec[label]["spec"] = spec_of[label][0]
             elif a["kind"] == "one-shot":
                 dec[label] = {"kind": "one-shot", "lr": a["lr"], "flags": [], "tried": []}
         best = self.best_baseline(dec)
@@ -342,13 +377,13 @@ class Planner:
         _, opts = self.optimizers()
         if opts is None:
             return out
-        if self.suite.protocol == "evidence":
+        if self.suite.protocol in ("evidence", "evidence3"):
             arms = self.arms(opts)
             out["arms"] = [[a["label"], a["spec"]] for a in arms]
             out["arm_kinds"] = {a["label"]: a["kind"] for a in arms}
             out["best_baseline"] = {}
             for task in self.suite.tasks:
-                _, out["tuning"][task], out["best_baseline"][task] = self.evidence_task(task, arms)
+                _, out["tuning"][task], out["best_baseline"][task] = self.protocol_task(task, arms)
                 if self.criterion(task) == "loss":
                     for d in out["tuning"][task].values():
                         for x in [d, *d.get("budgets", {}).values()]:
@@ -381,14 +416,16 @@ class Decided:
     def tuning(self, task: str, label: str) -> dict | None:
         return self.d["tuning"].get(task, {}).get(label)
 
-    def final_runs(self, task: str, label: str, spec, budget: float = 1.0) -> list[dict]:
-        """The finished, not failed, test runs of an arm at its chosen LR."""
+    def final_runs(self, task: str, label: str, spec, budget: float = 1.0, lr: float | None = None) -> list[dict]:
+        """The finished, not failed, test runs of an arm at its chosen LR (or at ``lr``: evidence3's runner-up)."""
         t = self.tuning(task, label)
         if t is not None and budget != 1.0 and "budgets" in t:  # protocol "evidence": LR re-tuned per budget
             t = t["budgets"].get(str(float(budget)))
         if t is None:
             return []
-        recs = [self._by_id.get(run_id(make_config(task, spec, t["lr"], s, budget, "test"))) for s in self.suite.seeds]
+        spec = t.get("spec", spec)  # an arm whose spec depends on the task (evidence3's control)
+        lr = t["lr"] if lr is None else lr
+        recs = [self._by_id.get(run_id(make_config(task, spec, lr, s, budget, "test"))) for s in self.suite.seeds]
         return [r for r in recs if r is not None and not failed(r)]
 
 
@@ -414,7 +451,7 @@ def synthetic_final(config: dict) -> dict:
     spec = config["optimizer"]
     h = int(hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6], 16) / 16 ** 6
     loss = 0.5 + 0.1 * math.log10(config["lr"] / ref_lr(spec)) ** 2 + 0.01 * h
-    return {"loss": loss, "error": loss / 5, "diverged": False, "steps": 1}
+    return {"loss": loss, "loss_ts": loss, "error": loss / 5, "diverged": False, "steps": 1}
 
 
 def dry_run(suite: Suite | str, store: RunStore | None = None, final=synthetic_final) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Suites and the benchmark protocol (SPEC.md §5).
+"""Suites and the benchmark protocol (docs/bench.md, docs/evidence.md).
 
 Protocol, per task:
   stage "tune"   each optimizer's base LR is chosen on the validation split (carved from the training set)
@@ -22,9 +22,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nsf.optim.defaults import DEFAULT_CYCLES, DEFAULT_P
+from nsf.optim.defaults import DEFAULT_CYCLES
 from nsf.registry import spec_to_str
 from nsf_lab.experiment.tuner import CRITERIA, Grid, LRTuner
+
+SEARCH_SCORES = CRITERIA + ("relative",)
 
 
 @dataclass
@@ -35,13 +37,18 @@ class Search:
     periods: list = field(default_factory=list)  # stage B (old form): the winner of A at each period x shape
     shapes: list = field(default_factory=list)
     variants: list | None = None  # stage B (new form): the winner with each of these overrides of its p
-    score: str = "error"    # the mean over tasks ranked by "error" (loss breaks ties) or "loss" (error breaks ties)
+    # the mean over tasks ranked by "error" (loss breaks ties) or "loss" (error breaks ties); or "relative": the
+    # mean over tasks of the tuned criterion over the best candidate's on that task (scale-free across tasks)
+    score: str = "error"
+    label: str | None = None  # None: the winner is "NSF default"; else an extra tuned arm of this label
 
     def __post_init__(self):
-        if self.score not in CRITERIA:
-            raise ValueError(f"search score must be one of {CRITERIA}, got {self.score!r}")
+        if self.score not in SEARCH_SCORES:
+            raise ValueError(f"search score must be one of {SEARCH_SCORES}, got {self.score!r}")
 
     def rank(self, row: dict) -> tuple:
+        if self.score == "relative":
+            return row["relative"], row["error"]
         return (row["error"], row["loss"]) if self.score == "error" else (row["loss"], row["error"])
 
     def stage_b(self, winner: dict) -> list:
@@ -58,7 +65,7 @@ class Search:
         return out
 
 
-PROTOCOLS = ("standard", "evidence")
+PROTOCOLS = ("standard", "evidence", "evidence3")
 
 
 def arm_grid(ref: float, span: float | None) -> Grid:
@@ -88,8 +95,11 @@ class Suite:
     search: Search | None = None
     extra: list = field(default_factory=list)  # (label, spec) from the command line
     grid_span: float | None = None       # per-arm grid: this many decades each side of the arm's reference LR
-    protocol: str = "standard"           # "standard" or "evidence" (tied and one-shot arms, re-tuned budgets)
+    protocol: str = "standard"           # "standard", "evidence" (tied and one-shot arms, re-tuned budgets), "evidence3"
     fixed_p: list | None = None          # the ablations' fixed p values (None: low, centre, high of the cycle)
+    one_shot_tasks: list | None = None   # evidence3: the tasks with one-shot arms (None: every task)
+    budget_tasks: list | None = None     # evidence3: the tasks with budget runs (C3; None: every task)
+    reference_budget: float | None = None  # evidence3: the best baseline's longer run (validation, tuning seeds)
     note: str = ""                       # shown under the report's title (e.g. what a miniature can decide)
 
     def __post_init__(self):
@@ -138,10 +148,23 @@ EVIDENCE_SMOKE_SEARCH = Search(
     variants=[{"cycles": 1.0}, {"cycles": 2.0}], score="loss",
 )
 
-#: the library default as the evidence search chose it: its p cycle stated per run (2 whole cycles in every run,
-#: at every budget: the cycle is compressed with the LR schedule), not the library's fixed 1000-step period
-PER_RUN_DEFAULT = spec_to_str({"name": "nsf", "p": {**{k: v for k, v in DEFAULT_P.to_dict().items() if k != "period"},
-                                                     "cycles": float(DEFAULT_CYCLES)}})
+
+def library_default() -> dict:
+    """The library default as a spec stated per run: its p cycle (adam-grafted, on multiples of ⅛) at
+    ``DEFAULT_CYCLES`` cycles per run, so that every cycle completes whatever the run's length."""
+    from nsf.optim.defaults import DEFAULT_CYCLES, DEFAULT_P, DEFAULT_SCALE
+    p = {k: v for k, v in DEFAULT_P.to_dict().items() if k != "period"}
+    return {"name": "nsf", "p": {**p, "cycles": float(DEFAULT_CYCLES)}, "scale": DEFAULT_SCALE}
+
+
+# docs/evidence_v3.md: the paper's own form (raw step, p cycling across zero), its range chosen on validation
+RAW_RANGES = [(-0.25, 0.5), (-0.5, 0.5), (-0.25, 0.25)]
+EVIDENCE3_TASKS = ["mnist1d-mlp", "fashion-mlp-long", "fashion-resnet-20k", "shakespeare-charlm-2k"]
+EVIDENCE3_SEARCH = Search(tasks=EVIDENCE3_TASKS[:2], stage_a=[{"name": "nsf", "p": _per_run(lo, hi), "scale": "raw"}
+                                                              for lo, hi in RAW_RANGES],
+                          variants=[], score="relative", label="NSF raw signed-p")
+
+
 #: ``nsf bench --suite quick`` (scripts/reproduce.sh): the evidence protocol in miniature, about 3 minutes on 2 cores
 QUICK = dict(tasks=["digits-mlp", "mnist1d-mlp"], seeds=list(range(8)), tune_seeds=[100, 101], grid_span=1.0)
 QUICK_NOTE = (f"**A miniature of the evidence protocol (docs/evidence.md), which decides nothing at its size**: its "
@@ -151,12 +174,13 @@ QUICK_NOTE = (f"**A miniature of the evidence protocol (docs/evidence.md), which
               f"budget; tuned, tied and one-shot arms; paired CIs, Holm, verdict rules) on {len(QUICK['tasks'])} "
               f"small tasks, {len(QUICK['seeds'])} seeds, baselines SGD-M and Adam only and no search of the "
               f"default. The verdicts are docs/RESULTS.md's. NSF default = the library default with its p cycle "
-              f"stated per run, `{PER_RUN_DEFAULT}`: {DEFAULT_CYCLES} whole cycles in every run, at every budget.")
+              f"stated per run, `{spec_to_str(library_default())}`: {DEFAULT_CYCLES} whole cycles in every run, at "
+              f"every budget.")
 
 SUITES = {
     "smoke": Suite("smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam")], default="nsf",
                    ablations=False, seeds=[0, 1], budgets=[0.5], max_points=3),
-    "quick": Suite("quick", baselines=[("SGD-M", "sgd"), ("Adam", "adam")], default=PER_RUN_DEFAULT,
+    "quick": Suite("quick", baselines=[("SGD-M", "sgd"), ("Adam", "adam")], default=library_default(),
                    ablations=False, budgets=[0.25, 0.5], rule="full", criterion="loss", protocol="evidence",
                    note=QUICK_NOTE, **QUICK),
     "standard": Suite("standard", ["digits-mlp", "mnist1d-mlp", "fashion-mlp", "mnist1d-cnn", "mnist-cnn",
@@ -170,6 +194,17 @@ SUITES = {
                                                                      ("FSGDM", "fsgdm")], default=None,
                             seeds=[0, 1], budgets=[0.5], tune_seeds=[100], rule="full", max_points=5,
                             criterion="loss", search=EVIDENCE_SMOKE_SEARCH, grid_span=0.5, protocol="evidence"),
+    "evidence3": Suite("evidence3", EVIDENCE3_TASKS, BASELINES + [("FSGDM", "fsgdm")], default=library_default(),
+                       ablations=False, seeds=list(range(10)), budgets=[0.25, 0.5], tune_seeds=[100, 101, 102],
+                       rule="full", criterion="loss_ts", search=EVIDENCE3_SEARCH, grid_span=1.0, protocol="evidence3",
+                       one_shot_tasks=EVIDENCE3_TASKS[:2], budget_tasks=EVIDENCE3_TASKS[:2], reference_budget=2.0),
+    "evidence3-smoke": Suite("evidence3-smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam"),
+                                                                       ("FSGDM", "fsgdm")],
+                             default=library_default(), ablations=False, seeds=[0, 1], budgets=[0.5],
+                             tune_seeds=[100, 101], rule="full", max_points=5, criterion="loss_ts",
+                             search=Search(tasks=["digits-mlp-tiny"], stage_a=EVIDENCE3_SEARCH.stage_a[:2], variants=[],
+                                           score="relative", label="NSF raw signed-p"),
+                             grid_span=0.5, protocol="evidence3", reference_budget=2.0),
 }
 
 

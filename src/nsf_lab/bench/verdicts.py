@@ -23,6 +23,40 @@ PRIMARY = (("P1", "tuned", "NSF default", BEST), ("P2", "tied", "NSF-adam tied",
 SECONDARY = (("tuned", "NSF default", "FSGDM"), ("tied", "NSF-raw[1/4,1/2] tied", "Adam"),
              ("one-shot", "NSF-sgd 1.0", "SGD-M 0.1"))
 CONTROL = ("AdamW", "Adam")  # the negative control of C4
+
+
+@dataclass(frozen=True)
+class Design:
+    """A protocol's declared comparisons.  ``counted_once`` (evidence3): a primary whose arms the protocol does
+    not plan on a task is not in the family there, and one whose runs are an earlier primary's (e.g. the tied
+    and the one-shot pair when Adam's chosen LR is 1e-3) is reported as that one and counted once."""
+    primary: tuple = PRIMARY
+    secondary: tuple = SECONDARY
+    control: tuple = CONTROL
+    counted_once: bool = False
+    intro: str = ("Primary comparisons P1 (tuned: NSF default vs the best tuned baseline, chosen on validation), P2/P3 "
+                  "(tied: NSF-adam at Adam's LR vs Adam; NSF-sgd at 10× SGD-M's LR vs SGD-M), P4 (one-shot: NSF-adam "
+                  "vs Adam at 1e-3).")
+    family: str = "every task × P1–P4"
+
+
+V2 = Design()
+RAW = "NSF raw signed-p"
+V3 = Design(primary=(("P1", "tuned", "NSF default", BEST), ("P2", "tuned", RAW, BEST),
+                     ("P3", "tied", "NSF default tied", "Adam"), ("P4", "tied", f"{RAW} tied", "Adam"),
+                     ("P5", "tied", "NSF-sgd tied", "SGD-M"), ("P6", "one-shot", "NSF default 1e-3", "Adam 1e-3")),
+            secondary=(("tuned", "NSF default", "FSGDM"), ("tuned", RAW, "FSGDM"), ("tuned", RAW, "NSF default"),
+                       ("one-shot", "NSF-sgd 1.0", "SGD-M 0.1")),
+            control=("AdamW control", "Adam"), counted_once=True,
+            intro="Primary comparisons P1, P2 (tuned: NSF default, and the raw signed-p cycle, vs the best tuned "
+                  "baseline, chosen on validation), P3, P4 (tied: the same two at Adam's LR vs Adam), P5 (tied: "
+                  "NSF-sgd at 10× SGD-M's LR vs SGD-M), P6 (one-shot: NSF default vs Adam at 1e-3, where run). A "
+                  "comparison whose runs are an earlier one's is counted once (\"= Pk\").",
+            family="every task × P1–P6 where planned, each comparison counted once")
+
+
+def design_of(protocol: str | None) -> Design:
+    return V3 if protocol == "evidence3" else V2
 SMALL_TEST = 3000  # test sets below this resolve effects of >= 1 point only
 EARLY_FRAC = 0.2
 PILOT = range(10)  # the pilot's seeds, whose paired SDs size the rest
@@ -91,21 +125,37 @@ def resolve(label: str, best: str | None) -> str | None:
     return best if label == BEST else label
 
 
-def primary_pairs(arms_by_task: dict, best: dict) -> list[tuple]:
-    """[(task, id, kind, nsf label, baseline label)] of the declared primary list, in order."""
-    return [(t, pid, kind, n, resolve(b, best.get(t))) for t in arms_by_task for pid, kind, n, b in PRIMARY]
+def primary_pairs(arms_by_task: dict, best: dict, design: Design = V2) -> list[tuple]:
+    """[(task, id, kind, nsf label, baseline label, id of the earlier primary with the same runs or None)] of the
+    declared primary list, in order (see :class:`Design` for what ``counted_once`` leaves out)."""
+    out = []
+    for t, arms in arms_by_task.items():
+        seen = {}
+        for pid, kind, n, b in design.primary:
+            b = resolve(b, best.get(t))
+            dup = None
+            if design.counted_once:
+                if n not in arms or b not in arms:
+                    continue  # not planned on this task (or the best baseline not chosen yet)
+                key = tuple(frozenset(r["run_id"] for r in arms[x].runs.get(1.0, {}).values()) if x in arms
+                            else frozenset() for x in (n, b))
+                dup = seen.get(key) if all(key) else None
+                seen.setdefault(key, pid)
+            out.append((t, pid, kind, n, b, dup))
+    return out
 
 
-def claim_c1_c2(arms_by_task: dict, best: dict, n_test: dict) -> dict:
+def claim_c1_c2(arms_by_task: dict, best: dict, n_test: dict, design: Design = V2) -> dict:
     """Per claim ("C1", "C2"): rows of the primary comparisons with Holm-corrected CIs and verdicts, plus the
     secondary rows (CI only).  ``n_test``: test-set size per task (None: unknown, treated as small)."""
     out = {}
     for claim, key, scale in (("C1", "error", 100.0), ("C2", "loss", 1.0)):
-        rows = []
-        for task, pid, kind, n, b in primary_pairs(arms_by_task, best):
+        rows, dups = [], []
+        for task, pid, kind, n, b, dup in primary_pairs(arms_by_task, best, design):
             arms = arms_by_task[task]
             res = compare(arms[n], arms[b], key, scale) if n in arms and b in arms else None
-            rows.append({"task": task, "id": pid, "kind": kind, "nsf": n, "base": b, "res": res})
+            row = {"task": task, "id": pid, "kind": kind, "nsf": n, "base": b, "res": res}
+            (dups if dup else rows).append({**row, "same_as": dup} if dup else row)
         for h, row in zip(S.holm([r["res"]["p"] if r["res"] else None for r in rows]), rows):
             row["holm"] = h
             if row["res"]:
@@ -116,9 +166,14 @@ def claim_c1_c2(arms_by_task: dict, best: dict, n_test: dict) -> dict:
                 margin = 0.3 if (n_test.get(row["task"]) or 0) >= SMALL_TEST else 1.0
             row["margin"] = margin
             row["verdict"] = verdict_paired(row["res"], h, margin, small=claim == "C1" and margin > 0.3)
+        for row in dups:  # counted once: the verdict of the earlier primary with the same runs
+            first = next(r for r in rows if r["task"] == row["task"] and r["id"] == row["same_as"])
+            row.update(holm=first["holm"], res=first["res"], margin=first["margin"],
+                       verdict=f"= {row['same_as']} (same runs)")
+        rows = sorted(rows + dups, key=lambda r: (list(arms_by_task).index(r["task"]), r["id"]))
         sec = []
         for task, arms in arms_by_task.items():
-            for kind, n, b in SECONDARY:
+            for kind, n, b in design.secondary:
                 if n in arms and b in arms:
                     sec.append({"task": task, "kind": kind, "nsf": n, "base": b,
                                 "res": compare(arms[n], arms[b], key, scale)})
@@ -142,14 +197,16 @@ def verdict_paired(res: dict | None, holm: dict, margin: float | None, small: bo
 # ----------------------------------------------------------------------------------------------------------
 # Power
 
-def power_table(arms_by_task: dict, best: dict, n_test: dict, delta: float = 0.3) -> list[dict]:
+def power_table(arms_by_task: dict, best: dict, n_test: dict, delta: float = 0.3, design: Design = V2) -> list[dict]:
     """Per task: the largest paired SD of test error (points) among the primary comparisons over the pilot's
     seeds, the seeds a ``delta``-point difference needs (80 % power, α 0.05, two-sided paired t), and the effect
-    the pilot's seeds resolve."""
+    the pilot's seeds resolve; with ``counted_once`` (evidence3) also at Holm's first step, α / the family's
+    size (``holm_m``: the primaries counted once, over every task)."""
     out = []
+    m = sum(1 for *_, dup in primary_pairs(arms_by_task, best, design) if dup is None)
     for task in arms_by_task:
         sds = []
-        for t, pid, _, n, b in primary_pairs({task: arms_by_task[task]}, best):
+        for t, pid, _, n, b, _ in primary_pairs({task: arms_by_task[task]}, best, design):
             arms = arms_by_task[task]
             r = compare(arms[n], arms[b], "error", 100.0, seeds=PILOT) if n in arms and b in arms else None
             if r is not None:
@@ -161,6 +218,9 @@ def power_table(arms_by_task: dict, best: dict, n_test: dict, delta: float = 0.3
                     "need_1pt": S.seeds_for_paired(sd, 1.0),
                     "delta": delta, "resolvable": S.resolvable_effect(sd, n), "n_test": n_test.get(task),
                     "z_formula": math.ceil(((1.959964 + 0.841621) * sd / delta) ** 2)})
+        if design.counted_once:
+            out[-1].update(holm_m=m, resolvable_holm=S.resolvable_effect(sd, n, alpha=ALPHA / m),
+                           need_holm=S.seeds_for_paired(sd, delta, alpha=ALPHA / m))
     return out
 
 
@@ -279,16 +339,18 @@ def alignment(nsf: Arm, base: Arm, curves_of, level: float = 0.95) -> dict | Non
     return out
 
 
-def claim_c4(arms_by_task: dict, best: dict, curves_of) -> dict:
-    """C4 rows for the primary pairs (Holm across them, per measure) and the negative control per task."""
+def claim_c4(arms_by_task: dict, best: dict, curves_of, design: Design = V2) -> dict:
+    """C4 rows for the primary pairs (Holm across them, per measure; counted once) and the negative control."""
     rows, control = [], {}
-    for task, pid, kind, n, b in primary_pairs(arms_by_task, best):
+    for task, pid, kind, n, b, dup in primary_pairs(arms_by_task, best, design):
         arms = arms_by_task[task]
+        if dup:
+            continue
         rows.append({"task": task, "id": pid, "kind": kind, "nsf": n, "base": b,
                      "res": alignment(arms[n], arms[b], curves_of) if n in arms and b in arms else None})
     for task, arms in arms_by_task.items():
-        if all(k in arms for k in CONTROL):
-            control[task] = alignment(arms[CONTROL[0]], arms[CONTROL[1]], curves_of)
+        if all(k in arms for k in design.control):
+            control[task] = alignment(arms[design.control[0]], arms[design.control[1]], curves_of)
     for name in ("train", "test"):
         ps = [r["res"][name]["res"]["p"] if r["res"] and r["res"][name]["res"] else None for r in rows]
         for h, row in zip(S.holm(ps), rows):

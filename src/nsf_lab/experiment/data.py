@@ -187,7 +187,7 @@ def load_mnist_pkl(path=None, md5: str | None = MNIST_PKL_MD5) -> Dataset:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Named datasets available offline (SPEC.md §6)
+# Named datasets available offline (docs/bench.md, "Tasks")
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("NSF_CACHE", Path.home() / ".cache" / "nsf"))

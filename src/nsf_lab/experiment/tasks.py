@@ -107,6 +107,15 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("shakespeare-charlm", "shakespeare", "charlm", epochs=5, batch_size=32, steps_per_epoch=60,
          model_kw={"d_model": 64, "n_layers": 2, "n_heads": 4, "context": 64}, seq_len=64, eval_windows=128,
          test_windows=256, early_evals_per_epoch=4, early_epochs=1),
+    # Evidence v3 (issue 23, docs/evidence_v3.md): sized to converge within the budget (piloted first).
+    Task("fashion-mlp-long", "fashion-mnist", "mlp", epochs=8, batch_size=128, model_kw={"hidden": [256]},
+         early_evals_per_epoch=4, early_epochs=2, evals_per_epoch=2),
+    Task("fashion-resnet-20k", "fashion-mnist", "resnet", epochs=30, batch_size=128, train_subset=20480,
+         model_kw={"widths": [8, 16, 32], "blocks": 1, "stem_stride": 2}, augment={"pad": 2},
+         early_evals_per_epoch=2, early_epochs=6),
+    Task("shakespeare-charlm-2k", "shakespeare", "charlm", epochs=20, batch_size=32, steps_per_epoch=100,
+         model_kw={"d_model": 64, "n_layers": 2, "n_heads": 4, "context": 64}, seq_len=64, warmup=0.1,
+         eval_windows=256, test_windows=512, early_evals_per_epoch=2, early_epochs=4),
     # Tiny variants for the smoke / quick suites and the tests.
     Task("digits-mlp-tiny", "digits", "mlp", epochs=3, batch_size=64, model_kw={"hidden": [32]},
          early_evals_per_epoch=2, early_epochs=1),

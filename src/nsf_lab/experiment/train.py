@@ -198,11 +198,12 @@ def run_config(config: dict, *, device="cpu", data_root: str | None = None, prog
     wall = time.perf_counter() - t0
     curves = rec.curves
     if diverged_at is None:
-        final = evaluate(model, ds, task, full=True)
+        final = evaluate(model, ds, task, full=True, scaled=True)
         if not math.isfinite(final["loss"]):
             diverged_at = total
     if diverged_at is not None:
-        final = {"loss": float("nan"), "acc": 1.0 / ds.n_classes, "ece": float("nan"), "mean_conf": float("nan")}
+        final = {"loss": float("nan"), "acc": 1.0 / ds.n_classes, "ece": float("nan"), "mean_conf": float("nan"),
+                 "loss_ts": float("nan")}
     final["error"] = 1.0 - final["acc"]
     final["best_acc"] = max(curves["acc"]) if curves["acc"] else final["acc"]
     if ds.kind == "text":

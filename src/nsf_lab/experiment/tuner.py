@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 
 INF = float("inf")
 RULES = ("walk", "full")
-CRITERIA = ("error", "loss")
+CRITERIA = ("error", "loss", "loss_ts")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -38,17 +38,21 @@ CRITERIA = ("error", "loss")
 def score(rec: Mapping | None, criterion: str = "error") -> tuple:
     """Score of a run record (``{"final": metrics}``) or of a metrics dict; lower is better.
 
-    ``(0, error, loss)`` for criterion ``"error"`` (loss breaks ties), ``(0, loss, error)`` for ``"loss"``;
+    ``(0, error, loss)`` for criterion ``"error"`` (loss breaks ties), ``(0, loss, error)`` for ``"loss"``,
+    ``(0, loss_ts, error)`` for ``"loss_ts"`` (the loss at the temperature that minimises it: what the model
+    ranks, not how confident it is, so it agrees with the error where a model overfits in confidence);
     a diverged run (or one without a finite loss) is ``(1, inf, inf)``, a missing one ``(2, inf, inf)``.
     """
     if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be 'error' or 'loss', got {criterion!r}")
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if rec is None:
         return (2, INF, INF)
     f = rec.get("final", rec)
     loss = f.get("loss")
     if f.get("diverged") or loss is None or not math.isfinite(loss):
         return (1, INF, INF)
+    if criterion == "loss_ts":
+        return (0, f["loss_ts"], f["error"]) if math.isfinite(f.get("loss_ts", math.nan)) else (1, INF, INF)
     return (0, loss, f["error"]) if criterion == "loss" else (0, f["error"], loss)
 
 

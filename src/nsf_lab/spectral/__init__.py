@@ -1,4 +1,5 @@
-"""Spectral instruments for any torch optimizer (SPEC §4).
+"""Spectral instruments for any torch optimizer (docs/spectral.md; the two senses of
+"frequency": docs/method.md).
 
 * :mod:`nsf_lab.spectral.response` — the optimizer as a filter of gradient streams (gain, single-tone transfer)
 * :mod:`nsf_lab.spectral.fprinciple` — what an MLP learns first on 1-D regression (per-frequency DFT error)

@@ -65,7 +65,7 @@ def first_index_below(values: Sequence[float], level: float) -> int | None:
 
 def time_to_learn(steps: Sequence[int], errors: Sequence[float], threshold: float):
     """First recorded step after which the error stays below ``threshold`` until the end of the record
-    (SPEC §4.2). Returns None if the last recorded error is not below it."""
+    (docs/spectral.md §2). Returns None if the last recorded error is not below it."""
     errs = np.asarray(errors, dtype=float)
     ok = np.isfinite(errs) & (errs < threshold)
     if ok.size == 0 or not ok[-1]:

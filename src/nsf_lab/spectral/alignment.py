@@ -1,4 +1,4 @@
-"""Early decision-boundary alignment (SPEC §4.3): test accuracy against test loss over training.
+"""Early decision-boundary alignment (docs/spectral.md §4): test accuracy against test loss over training.
 
 :class:`AlignmentRecorder` is a callback for any training loop: call ``recorder(step, model)`` after each
 optimizer step; at the steps its cadence selects it evaluates the model on held-out data and records

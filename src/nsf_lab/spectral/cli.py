@@ -13,10 +13,10 @@ from nsf_lab.cli import (CHECK_STEPS, UserError, check_spec, check_writable_dir,
 from ._train import BUDGETS
 
 INSTRUMENTS = {
-    "response": "the optimizer as a filter: cross-coordinate gain and single-tone transfer (SPEC §4.1)",
-    "fprinciple": "1-D regression: per-frequency error, time to learn, matched-loss comparison (SPEC §4.2)",
-    "filtering": "Xu et al.'s filtering method on real data: e_low, e_high, SB (SPEC §4.2)",
-    "alignment": "early decision-boundary alignment: test accuracy against test loss (SPEC §4.3)",
+    "response": "the optimizer as a filter: cross-coordinate gain and single-tone transfer (docs/spectral.md §1)",
+    "fprinciple": "1-D regression: per-frequency error, time to learn, matched-loss comparison (docs/spectral.md §2)",
+    "filtering": "Xu et al.'s filtering method on real data: e_low, e_high, SB (docs/spectral.md §3)",
+    "alignment": "early decision-boundary alignment: test accuracy against test loss (docs/spectral.md §4)",
 }
 
 

@@ -1,4 +1,4 @@
-"""Xu et al.'s filtering method (SPEC §4.2) on real data: low- and high-frequency error of a classifier.
+"""Xu et al.'s filtering method (docs/spectral.md §3) on real data: low- and high-frequency error of a classifier.
 
 On the training inputs x_1..x_N a row-normalised Gaussian kernel
 

@@ -1,4 +1,4 @@
-"""What the network learns first (SPEC §4.2, function-space sense): 1-D regression, per-frequency DFT error.
+"""What the network learns first (docs/spectral.md §2, function-space sense): 1-D regression, per-frequency DFT error.
 
 Target  y(x) = Σ_k A_k sin(2πkx + φ_k)  on the grid x_n = n/N, n = 0..N−1, every k an exact DFT bin
 (so Ŷ_k carries exactly that component, no leakage). A full-batch MLP h is trained with MSE; every

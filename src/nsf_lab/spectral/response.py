@@ -1,4 +1,5 @@
-"""The optimizer as a filter (SPEC §4.1): drive a real optimizer's ``step()`` with synthetic gradient streams.
+"""The optimizer as a filter (docs/spectral.md §1): drive a real optimizer's ``step()`` with synthetic gradient
+streams.
 
 Cross-coordinate gain. One parameter tensor holds many coordinates; coordinate c receives
 
@@ -56,7 +57,7 @@ def _current_p(opt) -> float | None:
 
 
 def expected_gain(p: float, r: float, noise: float = 0.0) -> float:
-    """High-frequency prediction of the cross-coordinate gain (SPEC §4.1)."""
+    """High-frequency prediction of the cross-coordinate gain (docs/method.md, "What frequency means")."""
     return ((1.0 + r * r / 2.0 + noise * noise) / (1.0 + noise * noise)) ** (-p)
 
 

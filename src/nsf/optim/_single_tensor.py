@@ -1,6 +1,7 @@
-"""The specification of the NSF step (SPEC.md §2): the overflow-safe reference step, the graft, the compute
-dtype, and ``_single_tensor_nsf``, the readable reference path. A leaf module: every other path imports it
-and is proven equal to it by the tests (tests/test_optim_reference.py, tests/test_optim_fast.py).
+"""The single-tensor NSF path (``foreach=False``, ``differentiable``, inside an outer ``torch.compile``): the
+reference's step (``reference.py``) in an overflow-safe form with p as a tensor and no data-dependent branch,
+so that ``torch.compile`` traces it with p as an input. Also the graft's shared pieces (the compute dtype, the
+0/0-guarded ratio) that the foreach and fused paths import, so that every path decides alike.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_value
 
+from ._step_options import StepOptions
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The power is taken in float32 or wider, whatever the parameter dtype."""
@@ -18,8 +21,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _direction(m_hat: Tensor, v_hat: Tensor, p: Tensor, eps: float) -> Tensor:
-    """The raw step per unit learning rate (SPEC §2): m̂/(v̂^p + ε) for p > 0, m̂·v̂^|p| for p ≤ 0 (v̂^p with
-    p < 0 is never formed, so zero gradients stay a no-op)."""
+    """The raw step per unit learning rate: m̂/(v̂^p + ε) for p > 0, m̂·v̂^|p| for p ≤ 0 (v̂^p with p < 0 is
+    never formed, so zero gradients stay a no-op)."""
     v_pow = v_hat.pow(p.abs())
     return torch.where(p > 0, m_hat / (v_pow + eps), m_hat * v_pow)
 
@@ -66,10 +69,10 @@ def _graft_ratio_host(d_norm: float, r_norm: float, bc1: float) -> float:
     return r_norm / d_norm / bc1 if ok else 0.0
 
 
-def _reference_step(m: Tensor, v: Tensor, bc1, bc2, p: Tensor, eps: float, scale: str) -> Tensor:
-    """The step per unit learning rate from the moments m, v and the bias corrections bc1 = 1 − β1^t,
-    bc2 = 1 − β2^t (SPEC §2). The grafted scales keep, per tensor, the length of the reference step
-    (m̂ for ``"sgd"``, m̂/(√v̂ + ε) for ``"adam"``), both lengths taken over the finite coordinates."""
+def _step_per_unit_lr(m: Tensor, v: Tensor, bc1, bc2, p: Tensor, eps: float, scale: str) -> Tensor:
+    """``reference_step``'s d from the moments m, v and the bias corrections bc1 = 1 − β1^t, bc2 = 1 − β2^t.
+    The grafted scales keep, per tensor, the length of the reference step (m̂ for ``"sgd"``, m̂/(√v̂ + ε) for
+    ``"adam"``), both lengths taken over the finite coordinates and formed so that they cannot overflow."""
     if scale == "raw":
         return _direction(m / bc1, v / bc2, p, eps)
     q, r, good = _graft_terms(m, v, bc2, p, eps, scale)
@@ -77,24 +80,26 @@ def _reference_step(m: Tensor, v: Tensor, bc1, bc2, p: Tensor, eps: float, scale
     return d * _graft_ratio(_finite_norm(d, good), _finite_norm(r, good), bc1)
 
 
-def _single_tensor_nsf(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, p, lr, beta1, beta2, eps,
-    weight_decay, scale, amsgrad, decoupled_weight_decay, maximize, capturable, has_complex,
-) -> None:
+def _single_tensor_nsf(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, options: StepOptions, *,
+                       has_complex: bool = False) -> None:
+    """One step, tensor by tensor (``has_complex`` is not needed: each tensor is checked)."""
+    o = options
+    beta1, beta2 = o.betas
+    lr, weight_decay = o.lr, o.weight_decay
     for i, param in enumerate(params):
-        grad = -grads[i] if maximize else grads[i]
+        grad = -grads[i] if o.maximize else grads[i]
         exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
-        max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
+        max_exp_avg_sq = max_exp_avg_sqs[i] if o.amsgrad else None
         if torch.is_complex(param):  # real and imaginary parts are independent coordinates, as in Adam
             param, grad, exp_avg, exp_avg_sq = (torch.view_as_real(t) for t in (param, grad, exp_avg, exp_avg_sq))
-            if amsgrad:
+            if o.amsgrad:
                 max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
 
         step_t += 1
         if grad.dtype != exp_avg.dtype:  # state_dtype: moments kept in another dtype than the parameter
             grad = grad.to(exp_avg.dtype)
         if weight_decay != 0:
-            if decoupled_weight_decay:
+            if o.decoupled_weight_decay:
                 param.mul_(1 - lr * weight_decay)
             else:
                 grad = grad.add(param.to(grad.dtype), alpha=weight_decay)
@@ -102,15 +107,16 @@ def _single_tensor_nsf(
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         v = exp_avg_sq
-        if amsgrad:
+        if o.amsgrad:
             max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq, exp_avg_sq))
             v = max_exp_avg_sq
 
-        step = step_t.to(torch.float64) if capturable else _get_value(step_t)  # bias corrections in float64
+        step = step_t.to(torch.float64) if o.capturable else _get_value(step_t)  # bias corrections in float64
         cdtype = _compute_dtype(torch.promote_types(param.dtype, exp_avg.dtype))
         copy = torch.is_grad_enabled()  # differentiable: autograd must not see the state change in place later
-        d = _reference_step(exp_avg.to(cdtype, copy=copy), v.to(cdtype, copy=copy), 1 - beta1**step,
-                            1 - beta2**step, p.to(param.device), eps, scale)
+        p = torch.as_tensor(o.p, dtype=torch.float64, device=param.device)
+        d = _step_per_unit_lr(exp_avg.to(cdtype, copy=copy), v.to(cdtype, copy=copy), 1 - beta1**step,
+                              1 - beta2**step, p, o.eps, o.scale)
         if isinstance(lr, Tensor):
             param.sub_((d * lr).to(param.dtype))
         else:
