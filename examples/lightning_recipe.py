@@ -1,9 +1,9 @@
-"""NSF in PyTorch Lightning: ``configure_optimizers`` returns NSF with two per-step schedulers, a torch cosine
-schedule on the learning rate and an ``nsf.HyperparamScheduler`` cycling p.
+"""NSF in PyTorch Lightning: ``configure_optimizers`` returns the library default for this run, whose p cycle is
+stated per run (two cycles in ``trainer.estimated_stepping_batches`` steps), with a torch cosine schedule on the
+learning rate stepped every step.
 
-Lightning only steps schedulers it recognises as torch LR schedulers, so the module overrides
-``lr_scheduler_step`` to step any scheduler; both land in Lightning checkpoints through their ``state_dict``.
-Tiny synthetic regression, CPU, a few seconds:
+p is NSF's own schedule (stepped by ``opt.step()``, saved in the optimizer's state dict, hence in Lightning
+checkpoints), so Lightning steps only the LR scheduler. Tiny synthetic regression, CPU, a few seconds:
 
     python examples/lightning_recipe.py --steps 200
 """
@@ -19,8 +19,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import nsf
 
-P_CYCLE = nsf.schedules.Cyclic(-0.25, 0.5, period=50, shape="cosine")
-
 
 def data(n: int = 512) -> TensorDataset:
     g = torch.Generator().manual_seed(0)
@@ -29,7 +27,7 @@ def data(n: int = 512) -> TensorDataset:
 
 
 class Regressor(L.LightningModule):
-    def __init__(self, lr: float = 1e-2, max_steps: int = 200):
+    def __init__(self, lr: float = 1e-2):
         super().__init__()
         self.save_hyperparameters()
         self.net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
@@ -42,13 +40,10 @@ class Regressor(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = nsf.NSF(self.parameters(), lr=self.hparams.lr, scale="adam")
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.hparams.max_steps)
-        p_cycle = nsf.HyperparamScheduler(opt, "p", P_CYCLE)  # owns p from now on
-        return [opt], [{"scheduler": cosine, "interval": "step"}, {"scheduler": p_cycle, "interval": "step"}]
-
-    def lr_scheduler_step(self, scheduler, metric):
-        scheduler.step()  # torch schedulers and nsf.HyperparamScheduler alike
+        steps = int(self.trainer.estimated_stepping_batches)  # the run's optimizer steps, as Lightning counts them
+        opt = nsf.NSF(self.parameters(), lr=self.hparams.lr, total_steps=steps)  # the default: 2 p cycles per run
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
 def main(argv=None) -> tuple[Regressor, list[float]]:
@@ -58,7 +53,7 @@ def main(argv=None) -> tuple[Regressor, list[float]]:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    model = Regressor(lr=args.lr, max_steps=args.steps)
+    model = Regressor(lr=args.lr)
     losses: list[float] = []
 
     class Record(L.Callback):

@@ -17,6 +17,14 @@ EXPECTED = {
 }
 
 
+def assert_runs_at_the_tuners_choice(o: dict) -> None:
+    """The LR an optimizer's seed runs use is the tuner's choice: the lowest mean score among every LR it tried
+    (ties: the lowest LR), as recorded in its decision."""
+    scores = {lr: tuple(score) for lr, score in o["tuning"]["scores"]}
+    assert len(scores) >= 3  # a search took place: not one preset LR
+    assert o["lr"] == o["tuning"]["lr"] == min(sorted(scores), key=scores.__getitem__)
+
+
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("spectrum"))
@@ -41,15 +49,21 @@ def test_quick_mode_end_to_end(instrument, out_dir, capsys):
         assert abs(s["nsf-fixed:p=0"]["noise=0"]["gain_hf_mean"][1] - 1) < 0.01
         assert s["adam"]["noise=0"]["max_rel_dev"] < 0.02
     elif instrument == "fprinciple":
-        r = data["results"]["equal"]
-        assert all(o["lr"] in [lr for lr, _ in o["tuning"]["scores"]] for o in r.values())  # chosen by the tuner
-        assert all(len(o["runs"]) == len(data["settings"]["seeds"]) for o in r.values())
+        from nsf_lab.spectral.fprinciple import train_run
+
+        st = data["settings"]
+        for label, o in data["results"]["equal"].items():
+            assert_runs_at_the_tuners_choice(o)
+            assert len(o["runs"]) == len(st["seeds"])
+            again = train_run(label, o["lr"], profile="equal", seed=st["seeds"][0], ks=st["ks"], n=st["n"],
+                              steps=st["steps"], eval_every=st["eval_every"], width=st["width"], depth=st["depth"])
+            assert again["loss"] == o["runs"][0]["loss"]  # the seed runs were trained at that LR
     else:
         r = data["results"]["digits"]
         if instrument == "filtering":
             assert 0.2 <= r["delta"]["share"] <= 0.8
         for o in r["optimizers"].values():
-            assert o["lr"] in [lr for lr, _ in o["tuning"]["scores"]]
+            assert_runs_at_the_tuners_choice(o)
             assert len(o["histories"]) == len(data["settings"]["seeds"])
 
 

@@ -18,29 +18,29 @@ def test_options_given_on_resume_accumulate_and_nothing_disappears(tmp_path):
     sw, _ = S.Sweep.create(tmp_path, {**base, "tasks": ["b"], "seeds": [0]}, accumulate=("tasks", "seeds"))
     assert sw.suite["tasks"] == ["a", "b"] and sw.suite["seeds"] == [0, 1]
     assert json.loads((tmp_path / "suite.json").read_text()) == sw.suite
-    with pytest.raises(S.UserError, match="holds suite 'quick'"):
+    with pytest.raises(S.SweepError, match="holds suite 'quick'"):
         S.Sweep.create(tmp_path, {**base, "name": "standard"})
 
 
 def test_open_refuses_a_directory_without_a_sweep_and_creates_nothing(tmp_path):
-    with pytest.raises(S.UserError, match="no sweep"):
+    with pytest.raises(S.SweepError, match="no sweep"):
         S.Sweep.open(tmp_path / "typo")
     assert not (tmp_path / "typo").exists()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(S.UserError, match="no sweep"):
+    with pytest.raises(S.SweepError, match="no sweep"):
         S.Sweep.open(tmp_path / "empty")
     assert list((tmp_path / "empty").iterdir()) == []
     (tmp_path / "file").write_text("x")
-    with pytest.raises(S.UserError, match="not a directory"):
+    with pytest.raises(S.SweepError, match="not a directory"):
         S.Sweep.open(tmp_path / "file")
 
 
 def test_damaged_suite_and_decisions_files_are_user_errors(tmp_path):
     (tmp_path / "suite.json").write_text('{"name": "quick", "tasks": [')
-    with pytest.raises(S.UserError, match="suite.json"):
+    with pytest.raises(S.SweepError, match="suite.json"):
         S.Sweep.open(tmp_path)
     (tmp_path / "suite.json").write_text("[1, 2]")
-    with pytest.raises(S.UserError, match="not a JSON object"):
+    with pytest.raises(S.SweepError, match="not a JSON object"):
         S.Sweep.open(tmp_path)
     (tmp_path / "suite.json").write_text('{"name": "quick"}')
     sw = S.Sweep.open(tmp_path)
@@ -58,7 +58,7 @@ def test_a_run_that_raises_is_recorded_failed_and_the_sweep_goes_on(tmp_path, mo
         if config["seed"] == 1:
             raise RuntimeError("boom in the run")
         return {"loss": 0.5, "error": 0.25, "diverged": False}, {"step": [1]}
-    monkeypatch.setattr(S, "train", train)
+    monkeypatch.setattr(S, "run_training", train)
     sw = S.Sweep(tmp_path, {"name": "t"})
     configs = [{"task": "t", "seed": s, "lr": 0.1} for s in range(3)]
     stats = S.drive(sw, fake_plan(sw.store, configs), S.InlineEngine())
@@ -78,7 +78,7 @@ def test_a_failed_run_is_retried_once_on_resume_and_its_new_record_wins(tmp_path
     def train(config, device, data_root):
         calls.append(config["seed"])
         return {"loss": 0.5, "error": 0.25, "diverged": False}, {"step": [1]}
-    monkeypatch.setattr(S, "train", train)
+    monkeypatch.setattr(S, "run_training", train)
     store = RunStore(tmp_path)
     cfg = {"task": "t", "seed": 0, "lr": 0.1}
     rec, curves = S.failed_record(cfg, {}, "cpu", S.WORKER_DIED)

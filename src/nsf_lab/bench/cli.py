@@ -7,34 +7,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nsf_lab.experiment.sweep import positive_int
-
-
-def check_spec(spec: str) -> None:
-    """Refuse an optimizer spec that cannot build and step an optimizer (one tiny step on a dummy tensor)."""
-    import torch
-
-    from nsf_lab.experiment.sweep import UserError
-    from nsf.registry import create_optimizer
-    try:
-        w = torch.zeros(2, requires_grad=True)
-        w.grad = torch.ones(2)
-        create_optimizer(spec, [w], lr=1e-3).step()
-    except Exception as e:  # noqa: BLE001 -- any failure of a user's spec is the user's error
-        raise UserError(f"--opt {spec!r}: {type(e).__name__}: {e}") from None
+from nsf_lab.cli import UserError, check_spec, check_writable_dir, check_writable_file, positive_int
 
 
 def resolve_device(name: str) -> str:
     import torch
 
-    from nsf_lab.experiment.sweep import UserError
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
     return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
 
 
 def make_engine(args, device: str):
-    from nsf_lab.experiment.sweep import InlineEngine, PoolEngine, RayEngine, UserError
+    from nsf_lab.experiment.sweep import InlineEngine, PoolEngine, RayEngine
     if args.ray is not None:
         if args.workers > 1:
             raise UserError("--ray and --workers exclude each other (Ray runs as many runs as it has CPUs for)")
@@ -51,13 +36,16 @@ def make_engine(args, device: str):
 def _bench(args) -> int:
     import torch
 
-    from nsf_lab.experiment.sweep import Sweep, UserError, drive
+    from nsf_lab.experiment.sweep import Sweep, drive
 
     from .protocol import Planner
     from .suites import get_suite, suite_from_dict, suite_to_dict
     from nsf_lab.experiment.tasks import get_task
 
     # -- everything checked before anything is written ------------------------------------------------------
+    check_writable_dir(args.out)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UserError(f"--data-root {args.data_root}: no such directory")
     suite = get_suite(args.suite)
     explicit = []
     if args.tasks:
@@ -70,7 +58,7 @@ def _bench(args) -> int:
         suite.seeds = list(range(args.seeds))
         explicit.append("seeds")
     for spec in args.opt or []:
-        check_spec(spec)
+        check_spec(spec)  # a p cycle stated per run (cycles=k) is resolved by each run's own length
     if args.opt:
         suite.extra = [(s, s) for s in args.opt]
         explicit.append("extra")
@@ -129,12 +117,19 @@ class Progress:
 
 
 def _report(args) -> int:
-    from nsf_lab.experiment.sweep import Sweep, UserError
+    from nsf_lab.experiment.sweep import Sweep
 
     from .report import write_report
     if args.notes and not Path(args.notes).is_file():
         raise UserError(f"--notes {args.notes}: no such file")
     Sweep.open(args.dir)  # no sweep there: refused before anything is written
+    check_writable_dir(args.dir, "DIR")
+    if args.results_md:
+        check_writable_file(args.results_md, "--results-md")
+    if args.plots_dir:
+        check_writable_dir(args.plots_dir, "--plots-dir")
+    if "/" in args.plot_prefix or "\\" in args.plot_prefix:
+        raise UserError(f"--plot-prefix {args.plot_prefix!r}: a file-name prefix, without a path separator")
     path = write_report(Path(args.dir), results_md=args.results_md, plots_dir=args.plots_dir,
                         plot_prefix=args.plot_prefix, notes=args.notes)
     print(f"report: {path}")
@@ -150,7 +145,8 @@ def register(subparsers) -> None:
     p.add_argument("--suite", default="quick", choices=sorted(SUITES))
     p.add_argument("--out", required=True, help="run directory (created; resumed if it exists)")
     p.add_argument("--opt", action="append", metavar="SPEC",
-                   help="extra optimizer spec, e.g. 'nsf-fixed:p=-0.25' (repeatable)")
+                   help="extra optimizer spec, e.g. 'nsf-fixed:p=-0.25' or 'nsf:p=cyclic(0,0.5,cycles=2)' (a cycle "
+                        "stated per run spans each run, budgets included) (repeatable)")
     p.add_argument("--tasks", help="comma-separated task names (default: the suite's)")
     p.add_argument("--seeds", type=positive_int, help="number of seeds (default: the suite's)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run (default 1)")

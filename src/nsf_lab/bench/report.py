@@ -365,7 +365,8 @@ def write_report(run_dir, results_md=None, plots_dir=None, plot_prefix: str = ""
     else:
         an = analyse(dec)
         files, draw, summary = _plots(dec, an, run_dir / "plots"), render, _summary(an)
-    md = draw(dec, an, files, img_prefix="plots/")
+    note = dec.suite.note  # e.g. the quick suite's: a miniature that decides nothing
+    md = draw(dec, an, files, img_prefix="plots/", notes=note)
     path = run_dir / "report.md"
     path.write_text(md)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -377,7 +378,7 @@ def write_report(run_dir, results_md=None, plots_dir=None, plot_prefix: str = ""
         for f in set(files.values()):
             shutil.copy(run_dir / "plots" / f, img_dir / (plot_prefix + f))
         rel = os.path.relpath(img_dir, results_md.parent)
-        text = Path(notes).read_text() if notes else ""
+        text = "\n\n".join(t for t in (note, Path(notes).read_text() if notes else "") if t)
         results_md.write_text(draw(dec, an, files, img_prefix=rel + "/" + plot_prefix, notes=text))
     return path
 

@@ -4,16 +4,17 @@ Protocol, per task:
   stage "tune"   each optimizer's base LR is chosen on the validation split (carved from the training set)
                  with seeds ``tune_seeds`` and the full budget by the one tuner (nsf_lab.experiment.tuner) on
                  ONE shared log grid (half-decades), with the suite's ``rule`` and ``criterion``.  Rule
-                 "walk" (these suites, the committed archive): the grid is walked from the optimizer's
-                 reference point until the best LR is interior (or at the grid edge, or ``max_points``).
+                 "walk" (the smoke and standard suites: the committed standard archive): the grid is walked
+                 from the optimizer's reference point until the best LR is interior (or at the grid edge, or
+                 ``max_points``).
                  Diverged runs count as worst and are kept.
   stage "seeds"  every optimizer at its chosen LR, ``seeds`` seeds, evaluated on the test set.
   stage "budget" the NSF default at budgets in ``budgets`` (whole schedule compressed), same seeds.
 An optional stage "search" (standard suite) first chooses the NSF default configuration on the validation
 splits of ``search.tasks`` from a declared space; the winner is then "NSF default" in the other stages.
-Protocol "evidence" (docs/evidence.md) adds tied and one-shot arms and re-tunes the LR per budget for NSF
-default and the task's best baseline (see nsf_lab.bench.protocol); its grid is per arm (``grid_span`` decades on
-each side of the arm's snapped reference LR).
+Protocol "evidence" (docs/evidence.md; suite "quick" is its miniature) adds tied and one-shot arms and re-tunes
+the LR per budget for NSF default and the task's best baseline (see nsf_lab.bench.protocol); its grid is per arm
+(``grid_span`` decades on each side of the arm's snapped reference LR).
 Everything is a pure function of the finished runs, so a resumed sweep plans exactly the same runs.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from nsf.optim.defaults import DEFAULT_CYCLES
+from nsf.registry import spec_to_str
 from nsf_lab.experiment.tuner import CRITERIA, Grid, LRTuner
 
 SEARCH_SCORES = CRITERIA + ("relative",)
@@ -97,6 +100,7 @@ class Suite:
     one_shot_tasks: list | None = None   # evidence3: the tasks with one-shot arms (None: every task)
     budget_tasks: list | None = None     # evidence3: the tasks with budget runs (C3; None: every task)
     reference_budget: float | None = None  # evidence3: the best baseline's longer run (validation, tuning seeds)
+    note: str = ""                       # shown under the report's title (e.g. what a miniature can decide)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -160,12 +164,25 @@ EVIDENCE3_SEARCH = Search(tasks=EVIDENCE3_TASKS[:2], stage_a=[{"name": "nsf", "p
                                                               for lo, hi in RAW_RANGES],
                           variants=[], score="relative", label="NSF raw signed-p")
 
+
+#: ``nsf bench --suite quick`` (scripts/reproduce.sh): the evidence protocol in miniature, about 3 minutes on 2 cores
+QUICK = dict(tasks=["digits-mlp", "mnist1d-mlp"], seeds=list(range(8)), tune_seeds=[100, 101], grid_span=1.0)
+QUICK_NOTE = (f"**A miniature of the evidence protocol (docs/evidence.md), which decides nothing at its size**: its "
+              f"rules (every LR of a per-arm half-decade grid ±{QUICK['grid_span']:g} decade around the arm's "
+              f"reference LR, extended until the best LR has two grid points on each side, then refined; "
+              f"criterion: mean validation loss over {len(QUICK['tune_seeds'])} tuning seeds; LRs re-tuned per "
+              f"budget; tuned, tied and one-shot arms; paired CIs, Holm, verdict rules) on {len(QUICK['tasks'])} "
+              f"small tasks, {len(QUICK['seeds'])} seeds, baselines SGD-M and Adam only and no search of the "
+              f"default. The verdicts are docs/RESULTS.md's. NSF default = the library default with its p cycle "
+              f"stated per run, `{spec_to_str(library_default())}`: {DEFAULT_CYCLES} whole cycles in every run, at "
+              f"every budget.")
+
 SUITES = {
     "smoke": Suite("smoke", ["digits-mlp-tiny"], [("SGD-M", "sgd"), ("Adam", "adam")], default="nsf",
                    ablations=False, seeds=[0, 1], budgets=[0.5], max_points=3),
-    "quick": Suite("quick", ["digits-mlp", "mnist1d-mlp-short", "shakespeare-gru-short"],
-                   [("SGD-M", "sgd"), ("Adam", "adam")], default="nsf", ablations=False, seeds=[0, 1, 2],
-                   budgets=[0.25, 0.5], max_points=6),
+    "quick": Suite("quick", baselines=[("SGD-M", "sgd"), ("Adam", "adam")], default=library_default(),
+                   ablations=False, budgets=[0.25, 0.5], rule="full", criterion="loss", protocol="evidence",
+                   note=QUICK_NOTE, **QUICK),
     "standard": Suite("standard", ["digits-mlp", "mnist1d-mlp", "fashion-mlp", "mnist1d-cnn", "mnist-cnn",
                                    "fashion-cnn", "shakespeare-gru"], BASELINES, default=None, search=SEARCH),
     "search": Suite("search", [], [], default=None, search=SEARCH),
@@ -210,8 +227,8 @@ def suite_from_dict(d: dict) -> Suite:
     try:
         return _suite_from_dict(dict(d))
     except (TypeError, KeyError, ValueError, AttributeError) as e:
-        from nsf_lab.experiment.sweep import UserError
-        raise UserError(f"invalid suite.json: {type(e).__name__}: {e}") from None
+        from nsf_lab.experiment.sweep import SweepError
+        raise SweepError(f"invalid suite.json: {type(e).__name__}: {e}") from None
 
 
 def _suite_from_dict(d: dict) -> Suite:

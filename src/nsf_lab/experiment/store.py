@@ -99,17 +99,10 @@ class RunStore:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Provenance and device
+# Provenance
 
 def versions() -> dict:
     import nsf
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "nsf": getattr(nsf, "__version__", "?")}
 
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available")
-    return torch.device(device)

@@ -25,31 +25,19 @@ from typing import Callable
 from nsf_lab.experiment.util import jsonable, write_json_atomic
 
 
-class UserError(ValueError):
-    """A user's mistake (bad option, unusable directory): the ``nsf`` command reports it as one line on stderr
-    and exits with code 2, with no traceback."""
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts (seeds, threads, workers): an integer >= 1."""
-    import argparse
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+class SweepError(ValueError):
+    """A sweep directory that cannot be used as asked (not a directory, no sweep in it, another suite, a damaged
+    file): the ``nsf`` command reports it as one line on stderr and exits with code 2."""
 
 
 def _read_json(path: Path, what: str) -> dict:
     try:
         d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: cannot read the {what} ({type(e).__name__}: {e}); "
-                         f"restore it or use another directory") from None
+        raise SweepError(f"{path}: cannot read the {what} ({type(e).__name__}: {e}); "
+                          f"restore it or use another directory") from None
     if not isinstance(d, dict):
-        raise UserError(f"{path}: the {what} is not a JSON object; restore it or use another directory")
+        raise SweepError(f"{path}: the {what} is not a JSON object; restore it or use another directory")
     return d
 
 
@@ -78,12 +66,12 @@ class Sweep:
     def check_dir(root) -> Path:
         root = Path(root)
         if root.exists() and not root.is_dir():
-            raise UserError(f"{root} exists and is not a directory")
+            raise SweepError(f"{root} exists and is not a directory")
         return root
 
     @classmethod
     def existing_suite(cls, root) -> dict | None:
-        """The suite recorded in ``root`` (None for a new directory); raises UserError when unreadable."""
+        """The suite recorded in ``root`` (None for a new directory); raises SweepError when unreadable."""
         f = cls.check_dir(root) / "suite.json"
         return _read_json(f, "suite file (suite.json)") if f.exists() else None
 
@@ -92,7 +80,7 @@ class Sweep:
         """An existing sweep (for reading); a directory without ``suite.json`` is an error."""
         suite = cls.existing_suite(root)
         if suite is None:
-            raise UserError(f"{root} holds no sweep (no suite.json); run `nsf bench --out {root}` first")
+            raise SweepError(f"{root} holds no sweep (no suite.json); run `nsf bench --out {root}` first")
         return cls(root, suite)
 
     @classmethod
@@ -120,7 +108,7 @@ def merge(old: dict, new: dict, accumulate: tuple[str, ...]) -> tuple[dict, list
     ``accumulate`` are unions in first-seen order (an option given on resume adds, never removes); every other
     key keeps its recorded value."""
     if old.get("name") != new.get("name"):
-        raise UserError(f"the directory holds suite {old.get('name')!r}, not {new.get('name')!r}; use another --out")
+        raise SweepError(f"the directory holds suite {old.get('name')!r}, not {new.get('name')!r}; use another --out")
     out, grown = dict(old), []
     for k in accumulate:
         have = [json.dumps(x, sort_keys=True) for x in old.get(k, [])]
@@ -134,7 +122,7 @@ def merge(old: dict, new: dict, accumulate: tuple[str, ...]) -> tuple[dict, list
 # ----------------------------------------------------------------------------------------------------------
 # Records
 
-def train(config: dict, device: str, data_root: str | None) -> tuple[dict, dict]:
+def run_training(config: dict, device: str, data_root: str | None) -> tuple[dict, dict]:
     """One training run -> (final metrics, curves); the one call into the training code."""
     from nsf_lab.experiment.train import run_config
     out = run_config(config, device=device, data_root=data_root)
@@ -151,7 +139,7 @@ def make_record(config: dict, meta: dict, device: str, data_root: str | None, th
     torch.set_num_threads(threads)
     t0 = time.time()
     try:
-        final, curves = train(config, device, data_root)
+        final, curves = run_training(config, device, data_root)
         final = jsonable(final)
     except Exception as e:  # noqa: BLE001 -- a run's failure is data: recorded, and the sweep goes on
         final, curves = failed_final(f"{type(e).__name__}: {e}\n{traceback.format_exc()}"), {}

@@ -17,17 +17,19 @@ from nsf_lab.experiment.util import jsonable
 OptimizerSpec = Any  # registry string, registry dict, or callable(params, lr) -> torch.optim.Optimizer
 
 
-def make_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], lr: float | None = None):
+def make_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], lr: float | None = None,
+                   total_steps: int | None = None):
     """Build an optimizer from a registry spec (``"adam"``, ``"nsf-fixed:p=-0.25"``, ``{"name": ...}``)
     through :func:`nsf.create_optimizer`, or from a callable ``f(params, lr)`` (any torch optimizer).
-    ``lr`` (when given) overrides the spec's learning rate."""
+    ``lr`` (when given) overrides the spec's learning rate; ``total_steps`` is the run's length, which resolves
+    a p cycle stated per run (``p=cyclic(0,0.5,cycles=2)``)."""
     params = list(params)
     if callable(spec):
         return spec(params, lr) if lr is not None else spec(params, None)
     import nsf  # imported lazily: the optimizer core is a sibling package
 
     overrides = {} if lr is None else {"lr": float(lr)}
-    return nsf.create_optimizer(spec, params, **overrides)
+    return nsf.create_optimizer(spec, params, total_steps=total_steps, **overrides)
 
 
 def spec_label(spec: OptimizerSpec) -> str:

@@ -94,7 +94,7 @@ def train_classifier(spec: OptimizerSpec, lr: float, data: dict, *, steps: int, 
     seed_everything(seed)
     x, y = data["x_tr"], data["y_tr"]
     model = mlp((x.shape[1],), data["n_classes"], hidden=[width] * depth)
-    opt = make_optimizer(spec, model.parameters(), lr=lr)
+    opt = make_optimizer(spec, model.parameters(), lr=lr, total_steps=steps)
     r = fit(model, opt, shuffled_batches(x, y, batch, torch.Generator().manual_seed(seed)), steps,
             callbacks=callbacks, diverged=lambda loss: not math.isfinite(loss) or loss > 1e3)
     return {"model": model, "diverged": r["diverged_at"] is not None, "steps_done": r["steps_done"]}

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import time
 
-from nsf_lab.experiment.sweep import UserError, positive_int
+from nsf_lab.cli import (CHECK_STEPS, UserError, check_spec, check_writable_dir, non_negative_float,
+                         positive_int)
+
+from ._train import BUDGETS
 
 INSTRUMENTS = {
     "response": "the optimizer as a filter: cross-coordinate gain and single-tone transfer (docs/spectral.md §1)",
@@ -16,9 +20,12 @@ INSTRUMENTS = {
 }
 
 
+#: the classification instruments' datasets (filtering, alignment); one not installed is skipped with a note
+DATASETS = tuple(BUDGETS)
+
+
 def _seeds(text: str) -> list[int]:
     """'5' -> [0..4]; '0,3,7' -> [0, 3, 7] (seeds are non-negative integers)."""
-    import argparse
     if "," not in text:
         return list(range(positive_int(text)))
     try:
@@ -36,9 +43,12 @@ def _grid(text: str):
 
     try:
         lo, hi, step = (float(v) for v in text.split(","))
+        if not all(math.isfinite(v) for v in (lo, hi, step)):
+            raise ValueError("not finite")
         return Grid(lo, hi, step)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected LO,HI,STEP (e.g. 1e-4,100,0.5), got {text!r}") from e
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI,STEP with 0 < LO <= HI and STEP > 0 (e.g. "
+                                         f"1e-4,100,0.5), got {text!r}") from None
 
 
 def register(subparsers) -> None:
@@ -52,7 +62,8 @@ def register(subparsers) -> None:
         q.add_argument("--out", required=True, help="output folder for JSON and PNG files")
         q.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
         q.add_argument("--optimizers", nargs="+", default=None, metavar="SPEC",
-                       help="registry specs, e.g. adam 'nsf-fixed:p=-0.25' (default: the instrument's list)")
+                       help="registry specs, e.g. adam 'nsf-fixed:p=-0.25' 'nsf:p=cyclic(0,0.5,cycles=2)' (a cycle "
+                            "stated per run spans each run) (default: the instrument's list)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
         q.add_argument("--replot", action="store_true",
                        help="redraw the figures and reprint the summary from an existing DIR/<instrument>.json")
@@ -64,20 +75,27 @@ def register(subparsers) -> None:
                            help="declared log LR grid searched by the tuner, STEP in decades "
                                 "(default: the instrument's, e.g. 1e-4,100,0.5)")
         if name in ("filtering", "alignment"):
-            q.add_argument("--datasets", nargs="+", default=None,
-                           help="mnist1d digits fashion-mnist (default: all available; quick: digits)")
+            q.add_argument("--datasets", nargs="+", default=None, choices=DATASETS, metavar="NAME",
+                           help=f"{' '.join(DATASETS)} (default: all available; quick: digits)")
         if name == "fprinciple":
-            q.add_argument("--steps", type=int, default=None, help="training steps per run")
+            q.add_argument("--steps", type=positive_int, default=None, help="training steps per run")
         if name == "response":
-            q.add_argument("--noise", type=float, nargs="+", default=None, help="noise levels σ/d")
+            q.add_argument("--noise", type=non_negative_float, nargs="+", default=None,
+                           help="noise levels σ/d (>= 0)")
         q.set_defaults(func=run)
+
+
+def check_args(args) -> None:
+    """Everything a run needs from the user, checked before any work starts."""
+    check_writable_dir(args.out)
+    for spec in args.optimizers or []:  # a p cycle stated per run (cycles=k) is resolved by each run's length
+        check_spec(spec, "--optimizers", total_steps=getattr(args, "steps", None) or CHECK_STEPS)
 
 
 def run(args) -> int:
     from ._common import set_threads
 
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} exists and is not a directory")
+    check_args(args)
     set_threads(args.threads)
     mod = importlib.import_module(f"nsf_lab.spectral.{args.instrument}")
     if args.replot:
@@ -111,7 +129,7 @@ def run(args) -> int:
             kw["lr_grid"] = args.lr_grid
     if getattr(args, "datasets", None):
         kw["datasets"] = args.datasets
-    if getattr(args, "steps", None):
+    if getattr(args, "steps", None) is not None:
         kw["steps"] = args.steps
     t0 = time.time()
     data = mod.run(**kw)

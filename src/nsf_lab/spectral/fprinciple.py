@@ -85,7 +85,7 @@ def train_run(spec: OptimizerSpec, lr: float, *, ks=DEFAULT_FREQS, profile: str 
     x, y, phases = make_target(n, ks, amplitudes(ks, profile), seed=seed)
     seed_everything(seed)
     model = mlp((1,), 1, hidden=[width] * depth, act=act)
-    opt = make_optimizer(spec, model.parameters(), lr=lr)
+    opt = make_optimizer(spec, model.parameters(), lr=lr, total_steps=steps)
     xin = (2 * x - 1).unsqueeze(1)
     energy = float((y ** 2).mean())
     rec_steps, losses, errs = [], [], []

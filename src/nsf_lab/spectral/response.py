@@ -103,7 +103,7 @@ def measure(spec: OptimizerSpec, *, ratios: Sequence[float], freqs: Sequence[flo
     n_ref = n_phases
 
     param = torch.nn.Parameter(torch.zeros(R.numel(), dtype=dtype))
-    opt = make_optimizer(spec, [param], lr=lr)
+    opt = make_optimizer(spec, [param], lr=lr, total_steps=steps)
 
     def grad_fn(t):
         g = drift * (1.0 + R * torch.sin(2 * math.pi * F * t + PH))
@@ -142,7 +142,7 @@ def measure(spec: OptimizerSpec, *, ratios: Sequence[float], freqs: Sequence[flo
     Ft = torch.tensor(tf, dtype=dtype).repeat_interleave(n_phases)
     PHt = phases.repeat(len(tf))
     tparam = torch.nn.Parameter(torch.zeros(Ft.numel(), dtype=dtype))
-    topt = make_optimizer(spec, [tparam], lr=lr)
+    topt = make_optimizer(spec, [tparam], lr=lr, total_steps=steps)
     tones = lambda t: drift * torch.sin(2 * math.pi * Ft * t + PHt)  # noqa: E731
     tupd = _drive(topt, tparam, tones, steps, window, [])
     tt = np.arange(steps - window + 1, steps + 1, dtype=np.float64)
