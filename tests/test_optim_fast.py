@@ -140,6 +140,24 @@ def test_fused_graft_overflowing_norms_equal_the_reference(uncompiled_fused_kern
     assert_close_updates(make_params(), a, b)
 
 
+@pytest.mark.parametrize("scale", ["sgd", "adam"])
+def test_fused_graft_float32_sums_that_underflow_are_redone(uncompiled_fused_kernels, scale):
+    """Gradients near 1e-22: the squares of m·q underflow float32 (the CPU's float32 sums of stage 1); the
+    sums are checked on the host and redone in float64, so the step is still the reference's (from θ = 0, so
+    that steps of 1e-17 are not lost to θ's rounding)."""
+    zeros = lambda: [q.detach().zero_().requires_grad_() for q in make_params()]  # noqa: E731
+    a, b = zeros(), zeros()
+    for params, make in ((a, ReferenceNSF), (b, functools.partial(nsf.NSF, fused=True))):
+        opt = make(params, lr=1e-2, p=0.0, scale=scale)  # d = m (v underflows to 0: p < 0 takes no step)
+        g = torch.Generator().manual_seed(3)
+        for _ in range(3):
+            for q in params:
+                q.grad = (torch.randn(q.shape, generator=g) * 1e-22).to(DEVICE)
+            opt.step()
+    assert all(q.abs().max() > 0 for q in b)
+    assert_close_updates(zeros(), a, b)
+
+
 @pytest.mark.parametrize("options", [
     dict(weight_decay=0.05),
     dict(weight_decay=0.05, decoupled_weight_decay=True),
@@ -294,7 +312,7 @@ def test_fused_graft_stage_one_reads_only(uncompiled_fused_kernels, scale, p):
                                            torch.float32)
     with torch.no_grad():
         sums = stage_one(*grouped, [], scalars, hyper)
-    assert sums.shape == (len(params), 3) and torch.isfinite(sums).all()
+    assert sums.shape == (len(params), len(_fused_kernels.GraftNorms._fields)) and torch.isfinite(sums).all()
     assert all(torch.equal(x, y) for x, y in zip(state, [t for q in params for t in opt.state[q].values()]))
     assert all(torch.equal(x, y) for x, y in zip(before, params))
 
