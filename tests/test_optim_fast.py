@@ -453,3 +453,35 @@ def test_adam_graft_at_p_half_is_adams_step_in_one_pass(uncompiled_fused_kernels
     assert_close_updates(make_params(), ref, fused)
     assert_close_updates(make_params(), ref, each)
     assert _fused._kernels and not any("graft_norms_kernel" in key for key in _fused._kernels)
+
+
+@pytest.mark.parametrize("fused", [True, None])
+def test_warm_up_compiles_the_whole_cycle_up_front(monkeypatch, dynamo_fused_kernels, fused):
+    """``NSF.warm_up()`` compiles every kernel the default cycle visits (p = 0, ⅛, ¼, ⅜, ½) on scratch tensors:
+    it changes no parameter or state, and a whole cycle of steps afterwards compiles no new kernel (dynamo
+    frames counted). ``fused=None`` takes the compiled path only from ``AUTO_FUSED_MIN_NUMEL`` elements."""
+    from nsf.optim import nsf as nsf_module
+    from nsf.optim.defaults import default_cycle
+    if fused is None:
+        monkeypatch.setattr(nsf_module, "AUTO_FUSED_MIN_NUMEL", 1)
+    params = make_params()
+    before = [q.detach().clone() for q in params]
+    opt = nsf.NSF(params, lr=1e-2, p=default_cycle(16), fused=fused)
+    compiled = opt.warm_up()
+    assert compiled == len(_fused._kernels) == 9  # ⅛, ¼, ⅜ and 0 grafted (two stages each); ½ raw (Adam's)
+    assert all(torch.equal(q, b) for q, b in zip(params, before)) and not opt.state
+    assert opt.param_groups[0]["step"] == 0 and float(opt.param_groups[0]["p"]) == 0.0
+    frames = _frames()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(17):
+        for q in params:
+            q.grad = torch.randn(q.shape, generator=g).to(DEVICE)
+        opt.step()
+    assert _frames() == frames and len(_fused._kernels) == 9, "a compile landed mid-training"
+    assert opt.warm_up() == 0
+
+
+def test_warm_up_compiles_nothing_where_the_fused_path_is_not_taken(dynamo_fused_kernels):
+    assert nsf.NSF(make_params(), foreach=True).warm_up() == 0
+    assert nsf.NSF(make_params()).warm_up() == 0  # small: the automatic choice is foreach
+    assert not _fused._kernels
