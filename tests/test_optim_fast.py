@@ -140,6 +140,23 @@ def test_fused_graft_overflowing_norms_equal_the_reference(uncompiled_fused_kern
     assert_close_updates(make_params(), a, b)
 
 
+def test_fused_adam_graft_one_division_that_overflows_is_redone(uncompiled_fused_kernels):
+    """Stage 1 forms q = 1/a and Adam's m/b from one division by a·b (the CPU's float32 sums): where a·b
+    overflows (p = 1, gradients near 1e19 among gradients near 1) the terms are NaN and stage 1 is redone in
+    float64, so the step is still the reference's (taking 1/(a·b) = 0 there would drop those coordinates
+    from the norms)."""
+    a, b = make_params(), make_params()
+    for params, make in ((a, ReferenceNSF), (b, functools.partial(nsf.NSF, fused=True))):
+        opt = make(params, lr=1e-2, p=1.0, scale="adam")
+        g = torch.Generator().manual_seed(4)
+        for _ in range(3):
+            for q in params:
+                huge = torch.rand(q.shape, generator=g) < 0.5
+                q.grad = (torch.randn(q.shape, generator=g) * torch.where(huge, 1e19, 1.0)).to(DEVICE)
+            opt.step()
+    assert_close_updates(make_params(), a, b)
+
+
 @pytest.mark.parametrize("scale", ["sgd", "adam"])
 def test_fused_graft_float32_sums_that_underflow_are_redone(uncompiled_fused_kernels, scale):
     """Gradients near 1e-22: the squares of m·q underflow float32 (the CPU's float32 sums of stage 1); the
