@@ -173,32 +173,16 @@ def raw_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, h
         param.copy_((_decayed(param, h, config) + s.alpha[i].to(config.cdtype) * d).to(param.dtype))
 
 
-def _graft_q(x: Tensor, eps_i: Tensor, h: Hyper, config: KernelConfig, reciprocal: bool = True):
-    """(x clamped, q) with the direction ∝ m·q (``_single_tensor._graft_terms``): q = 1/(x^p + ε_i) for p > 0
-    (x^p + ε_i without ``reciprocal``), x^|p| for p < 0 (scaled by the stage-1 max in stage 2), 1 for p = 0.
-    An overflowed v counts as the largest float; a NaN v (where m is NaN too) stays NaN and is masked out of
-    the norms."""
+def _graft_q(x: Tensor, eps_i: Tensor, h: Hyper, config: KernelConfig) -> tuple[Tensor, Tensor]:
+    """(x clamped, q) with the direction ∝ m·q (``_single_tensor._graft_terms``): q = 1/(x^p + ε_i) for p > 0,
+    x^|p| for p < 0 (scaled by the stage-1 max in stage 2), 1 for p = 0. An overflowed v counts as the largest
+    float; a NaN v (where m is NaN too) stays NaN and is masked out of the norms."""
     fmax = torch.finfo(config.cdtype).max
     x = x.clamp(max=fmax)  # (nan_to_num is not vectorised by inductor on the CPU: 2× slower)
     if config.kind == "zero":
         return x, torch.ones_like(x)
     x_pow = _x_pow(x, h, config).clamp(max=fmax)
-    if config.kind[0] == "+":
-        return x, (1 / (x_pow + eps_i) if reciprocal else x_pow + eps_i)
-    return x, x_pow
-
-
-def _q_and_adam_step_one_division(m, x, eps_i, inv_sqrt_bc2, adam_eps, h: Hyper, config: KernelConfig):
-    """(x clamped, q, Adam's step r) for p > 0 under ``scale="adam"`` with one division instead of two: with
-    a = x^p + ε_i and b = √x/√bc2 + ε, q = 1/a = b/(a·b) and r = m/b = m·a/(a·b). On the CPU a division costs
-    about as much as a memory pass, and stage 1 is bound by them. Where a·b overflows or is not a normal
-    float the terms are NaN, so that the host check of the float32 sums redoes them in float64 (used only
-    then: ``KernelConfig.accumulate`` float32)."""
-    x, q = _graft_q(x, eps_i, h, config, reciprocal=False)  # q = a here
-    b = x.sqrt() * inv_sqrt_bc2 + adam_eps
-    ab = q * b
-    inv = torch.where((ab < float("inf")) & (ab >= torch.finfo(ab.dtype).tiny), 1 / ab, float("nan"))
-    return x, b * inv, m * (q * inv)
+    return x, (1 / (x_pow + eps_i) if config.kind[0] == "+" else x_pow)
 
 
 def _finite(m: Tensor, x: Tensor) -> Tensor:
@@ -227,17 +211,13 @@ def graft_norms_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, sc
         m_new, v_new, vmax_new = _moments(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
                                           max_exp_avg_sqs[i] if config.amsgrad else None, h, config)
         m_c = m_new.to(cdtype)
-        x = (vmax_new if config.amsgrad else v_new).to(cdtype)
-        if config.scale == "adam" and config.kind[0] == "+" and config.accumulate != torch.float64:
-            x, q, r = _q_and_adam_step_one_division(m_c, x, s.eps[i].to(cdtype), s.inv_sqrt_bc2[i].to(cdtype),
-                                                    s.adam_eps[i].to(cdtype), h, config)
-        else:
-            x, q = _graft_q(x, s.eps[i].to(cdtype), h, config)
-            # m̂/(√v̂ + ε) · bc1 = m/(√v/√bc2 + ε); √x unmasked, so it is the square-root chain's first root
-            r = m_c if config.scale == "sgd" else m_c / (x.sqrt() * s.inv_sqrt_bc2[i].to(cdtype) +
-                                                         s.adam_eps[i].to(cdtype))
+        x, q = _graft_q((vmax_new if config.amsgrad else v_new).to(cdtype), s.eps[i].to(cdtype), h, config)
         good = _finite(m_c, x)  # the reference's good coordinates: m and v finite
-        m_good, q_good, r = torch.where(good, m_c, 0), torch.where(good, q, 0), torch.where(good, r, 0)
+        m_good, q_good = torch.where(good, m_c, 0), torch.where(good, q, 0)
+        if config.scale == "sgd":
+            r = m_good
+        else:  # m̂/(√v̂ + ε) · bc1 = m/(√v/√bc2 + ε); √x unmasked, so it is the square-root chain's first root
+            r = torch.where(good, m_c / (x.sqrt() * s.inv_sqrt_bc2[i].to(cdtype) + s.adam_eps[i].to(cdtype)), 0)
         one = torch.ones((), dtype=torch.float64, device=q.device)
         if config.kind == "zero" or config.kind[0] == "+" or q.numel() == 0:
             k = one
