@@ -32,6 +32,17 @@ def test_fused_graft_float32_sums_that_underflow_are_redone(uncompiled_fused_ker
     assert_close_updates(zeros(), a, b)
 
 
+def test_fused_graft_float32_sums_of_zero_and_empty_tensors_are_not_redone(monkeypatch, uncompiled_fused_kernels):
+    """A zero m (no gradient yet) and an empty tensor have exact float32 sums (0): no float64 redo."""
+    params = [*make_params(), torch.zeros(0, 3).to(DEVICE).requires_grad_()]
+    opt = nsf.NSF(params, lr=1e-2, p=0.25, fused=True)
+    for q in params:
+        q.grad = torch.zeros_like(q)
+    for _ in range(2):
+        opt.step()
+    assert {key[2].accumulate for key in _fused._kernels} == {torch.float32}  # stages 1 and 2, no redo
+
+
 @pytest.mark.parametrize("fused", [True, None])
 def test_warm_up_compiles_the_whole_cycle_up_front(monkeypatch, dynamo_fused_kernels, fused):
     """``NSF.warm_up()`` compiles every kernel the default cycle visits (p = 0, ⅛, ¼, ⅜, ½) on scratch tensors:

@@ -224,7 +224,10 @@ def graft_norms_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, sc
         else:
             k = q_good.amax().to(torch.float64)  # as the single-tensor path's k
         acc = config.accumulate  # float64: m·x^|p| may overflow float32
-        m_max = m_good.abs().amax().to(torch.float64) if acc != torch.float64 and q.numel() else one
+        if acc == torch.float64:
+            m_max = one
+        else:  # an empty tensor counts as a zero m: its sums (0) are exact
+            m_max = m_good.abs().amax().to(torch.float64) if q.numel() else 0 * one
         out.append(torch.stack(GraftNorms(d_sq=_sq_sum(m_good.to(acc) * q_good.to(acc), acc),
                                           r_sq=_sq_sum(r, acc), k=k, m_max=m_max)))
     return torch.stack(out)
