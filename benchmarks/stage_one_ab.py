@@ -8,13 +8,11 @@ process: medians ÷ fused Adam's whole step.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 
 import torch
 
-import nsf
 from nsf.optim import _fused
 from nsf.optim._fused_kernels import KernelConfig, graft_norms_kernel
 from nsf.optim._step_options import StepOptions
@@ -38,7 +36,8 @@ def main(argv=None) -> dict:
         scalars, hyper, _, _ = _fused._scalars(steps, options, p, params[0].device, torch.float32)
         for acc in (torch.float64, torch.float32):
             config = KernelConfig.of(options, p, torch.float32, acc)
-            key = (config, params[0].device, torch.float32, torch.float32, torch.float32, tuple(q.shape for q in params))
+            shapes = tuple(q.shape for q in params)
+            key = (config, params[0].device, torch.float32, torch.float32, torch.float32, shapes)
             _, kernel = _fused._get_kernel(graft_norms_kernel, key)
             tensors = (params, [q.grad for q in params], [m for m, _ in moments], [v for _, v in moments], [])
             calls[f"{scale} p={p} stage 1, {str(acc)[6:]} sums"] = (kernel, tensors, scalars, hyper)
