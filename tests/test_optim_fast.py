@@ -67,13 +67,15 @@ def test_exponent_kinds():
 
 @pytest.mark.parametrize("exponent", [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0])
 def test_foreach_square_root_chains_equal_pow(exponent):
-    x = torch.cat([torch.tensor([0.0, 1e-38, 1e-30, 1.0, 3.5e38, float("inf")]), torch.rand(1000) * 1e-3])
-    x = x.to(DEVICE)
+    """Within 4 float32 ulps (2⁻²¹) of the correctly rounded power: up to three roots (½ ulp each, halved
+    along the chain) and two products (½ ulp each); 200 seeds of these 1000 draws reach 2.95 ulps."""
+    random = torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 1e-3
+    x = torch.cat([torch.tensor([0.0, 1e-38, 1e-30, 1.0, 3.5e38, float("inf")]), random]).to(DEVICE)
     before = x.clone()
     got = _foreach._foreach_power([x], exponent)[0]
     want = x.double().pow(exponent).float()
-    torch.testing.assert_close(got, want, rtol=3e-7, atol=0)
-    torch.testing.assert_close(_fused_kernels._power(x, exponent), want, rtol=3e-7, atol=0)
+    torch.testing.assert_close(got, want, rtol=2**-21, atol=0)
+    torch.testing.assert_close(_fused_kernels._power(x, exponent), want, rtol=2**-21, atol=0)
     assert got.data_ptr() != x.data_ptr()  # a new tensor: callers add to it in place
     assert torch.equal(x, before)  # the chain's in-place roots never touch the input
 
@@ -294,7 +296,7 @@ def test_fused_graft_stage_one_reads_only(uncompiled_fused_kernels, scale, p):
                                            torch.float32)
     with torch.no_grad():
         sums = stage_one(*grouped, [], scalars, hyper)
-    assert sums.shape == (len(params), 3) and torch.isfinite(sums).all()
+    assert sums.shape == (len(params), len(_fused_kernels.GraftNorms._fields)) and torch.isfinite(sums).all()
     assert all(torch.equal(x, y) for x, y in zip(state, [t for q in params for t in opt.state[q].values()]))
     assert all(torch.equal(x, y) for x, y in zip(before, params))
 
@@ -435,3 +437,4 @@ def test_adam_graft_at_p_half_is_adams_step_in_one_pass(uncompiled_fused_kernels
     assert_close_updates(make_params(), ref, fused)
     assert_close_updates(make_params(), ref, each)
     assert _fused._kernels and not any("graft_norms_kernel" in key for key in _fused._kernels)
+

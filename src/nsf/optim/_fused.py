@@ -21,6 +21,7 @@ and take the foreach path; other optimizers and configurations still compile.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import types
 import warnings
@@ -30,7 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._foreach import _group_tensors, _multi_tensor_nsf
+from ._foreach import _PLAIN_NORM_MARGIN, _group_tensors, _multi_tensor_nsf
 from ._fused_kernels import (GraftFactors, GraftNorms, GraftScalars, Hyper, KernelConfig, RawScalars,
                              graft_apply_kernel, graft_norms_kernel, pack, raw_kernel)
 from ._single_tensor import _compute_dtype, _graft_ratio
@@ -150,9 +151,12 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, opt
     the fused path failed to compile for this optimizer and configuration, so the caller takes the foreach
     path."""
     p_value = float(options.p)  # p lives on the host (group["p"]): reading it syncs no device
-    config = KernelConfig.of(options, p_value, cdtype)
-    key = (config, params[0].device, params[0].dtype, grads[0].dtype, exp_avgs[0].dtype,
-           tuple(q.shape for q in params))
+    # on the CPU without capturable, a value read on the host synchronises nothing: the norms are accumulated in
+    # float32 there and redone in float64 only when a sum may have overflowed or lost precision
+    host_check = cdtype == torch.float32 and params[0].is_cpu and not options.capturable
+    config = KernelConfig.of(options, p_value, cdtype, torch.float32 if host_check else torch.float64)
+    shapes = (params[0].device, params[0].dtype, grads[0].dtype, exp_avgs[0].dtype, tuple(q.shape for q in params))
+    key = (config, *shapes)
     if key in _failed.get(id(params[0]), ()):
         return False
     scalar_dtype = torch.float64 if cdtype == torch.float64 else torch.float32
@@ -163,6 +167,9 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, opt
             return False
     else:
         sums = _call(params[0], _get_kernel(graft_norms_kernel, key), *tensors, scalars, hyper)
+        if sums is not _FAILED and host_check and not plain_sums_ok(sums):
+            exact = dataclasses.replace(config, accumulate=torch.float64)
+            sums = _call(params[0], _get_kernel(graft_norms_kernel, (exact, *shapes)), *tensors, scalars, hyper)
         if sums is _FAILED:
             return False
         norms = GraftNorms(*sums.unbind(1))
@@ -173,6 +180,21 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, opt
             return False  # stage 1 wrote nothing: the foreach path takes this step
     torch._foreach_add_(steps, 1.0)
     return True
+
+
+#: float32 sums of squares are trusted when every norm is finite and at least √(smallest normal) · 10⁷ (as
+#: ``_foreach._host_norms``): below, squares may have underflowed; a zero m (all norms exactly 0) is trusted too
+_PLAIN_NORM_LOW = torch.finfo(torch.float32).tiny ** 0.5 * _PLAIN_NORM_MARGIN
+
+
+def plain_sums_ok(sums: Tensor) -> bool:
+    """Whether stage 1's float32 sums (packed ``GraftNorms``, CPU) are as good as float64's: one host read."""
+    norms = GraftNorms(*sums.unbind(1))
+    low = _PLAIN_NORM_LOW**2
+    zero = norms.m_max == 0
+    good = torch.isfinite(norms.d_sq) & torch.isfinite(norms.r_sq) & (
+        zero | ((norms.d_sq >= low) & (norms.r_sq >= low)))
+    return bool(good.all())
 
 
 def _is_compile_failure(e: Exception) -> bool:

@@ -41,12 +41,17 @@ class KernelConfig:
     weight_decay: str  # "none", "coupled" or "decoupled"
     cdtype: torch.dtype  # the compute dtype
     scale: str
+    #: the grafted norms' accumulation dtype: float64 (safe from overflow and underflow), or the compute dtype
+    #: float32 where the caller checks the sums on the host and redoes them in float64 when they may be wrong
+    accumulate: torch.dtype = torch.float64
 
     @classmethod
-    def of(cls, options: StepOptions, p_value: float, cdtype: torch.dtype) -> KernelConfig:
+    def of(cls, options: StepOptions, p_value: float, cdtype: torch.dtype,
+           accumulate: torch.dtype = torch.float64) -> KernelConfig:
         decay = "none" if options.weight_decay == 0 else ("decoupled" if options.decoupled_weight_decay
                                                          else "coupled")
-        return cls(exponent_kind(p_value), options.amsgrad, options.maximize, decay, cdtype, options.scale)
+        return cls(exponent_kind(p_value), options.amsgrad, options.maximize, decay, cdtype, options.scale,
+                   accumulate)
 
 
 class Hyper(NamedTuple):
@@ -77,11 +82,13 @@ class GraftScalars(NamedTuple):
 
 
 class GraftNorms(NamedTuple):
-    """Per tensor, stage 1's output: over the finite coordinates, in float64."""
+    """Per tensor, stage 1's output: over the finite coordinates, accumulated in ``KernelConfig.accumulate``
+    and returned in float64."""
 
     d_sq: Any  # ‖m·q‖²
     r_sq: Any  # ‖reference step‖² (up to 1/bc1)
     k: Any  # the largest q (p < 0), else 1: the direction is m·q/k
+    m_max: Any  # the largest |m| (float32 accumulation only, else 1): 0 when both norms are exactly 0
 
 
 class GraftFactors(NamedTuple):
@@ -184,11 +191,12 @@ def _finite(m: Tensor, x: Tensor) -> Tensor:
     return (m.abs() * 0.5 + x * 0.5) < float("inf")
 
 
-def _sq_sum(t: Tensor) -> Tensor:
-    """Σ t² in float64 (no overflow for float32 inputs); t already masked. Masking in the compute dtype before
-    the cast keeps inductor's CPU code vectorised (isfinite on float64 was measured 4× slower)."""
-    t = t.to(torch.float64)
-    return (t * t).sum()
+def _sq_sum(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """Σ t² accumulated in ``dtype``, as float64; t already masked. In float64 it cannot overflow for float32
+    inputs; masking in the compute dtype before the cast keeps inductor's CPU code vectorised (isfinite on
+    float64 was measured 4× slower). In float32 the caller checks the sum (``_fused.plain_sums_ok``)."""
+    t = t.to(dtype)
+    return (t * t).sum().to(torch.float64)
 
 
 def graft_norms_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars, hyper, *, config):
@@ -210,12 +218,18 @@ def graft_norms_kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, sc
             r = m_good
         else:  # m̂/(√v̂ + ε) · bc1 = m/(√v/√bc2 + ε); √x unmasked, so it is the square-root chain's first root
             r = torch.where(good, m_c / (x.sqrt() * s.inv_sqrt_bc2[i].to(cdtype) + s.adam_eps[i].to(cdtype)), 0)
+        one = torch.ones((), dtype=torch.float64, device=q.device)
         if config.kind == "zero" or config.kind[0] == "+" or q.numel() == 0:
-            k = torch.ones((), dtype=torch.float64, device=q.device)
+            k = one
         else:
             k = q_good.amax().to(torch.float64)  # as the single-tensor path's k
-        d = m_good.to(torch.float64) * q_good.to(torch.float64)  # float64: m·x^|p| may overflow float32
-        out.append(torch.stack(GraftNorms(d_sq=(d * d).sum(), r_sq=_sq_sum(r), k=k)))
+        acc = config.accumulate  # float64: m·x^|p| may overflow float32
+        if acc == torch.float64:
+            m_max = one
+        else:  # an empty tensor counts as a zero m: its sums (0) are exact
+            m_max = m_good.abs().amax().to(torch.float64) if q.numel() else 0 * one
+        out.append(torch.stack(GraftNorms(d_sq=_sq_sum(m_good.to(acc) * q_good.to(acc), acc),
+                                          r_sq=_sq_sum(r, acc), k=k, m_max=m_max)))
     return torch.stack(out)
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _use_grad_for_differentiable
 
 from .. import schedules as _schedules
-from . import _fused
+from . import _fused, _fused_kernels
 from ._foreach import _is_dtensor, _multi_tensor_nsf
 from ._fused import _fused_nsf
 from ._options import SCALES, check_loadable, checked_options, p_schedule, state_dtype_for
@@ -89,7 +89,7 @@ class NSF(Optimizer):
         maximize: maximize the objective.
         capturable: keep step counts on the parameters' device: then no step reads a device value on the
             host (every scale and p; ``p`` itself and a float lr are host values), so it can be captured in a
-            CUDA graph. The grafted scales never read norms on the host, capturable or not.
+            CUDA graph. On a device the grafted scales never read norms on the host, capturable or not.
         differentiable: allow autograd through the step (single-tensor path).
         fused: the compiled step (``torch.compile`` of the foreach arithmetic: one pass over θ, g, m, v per
             tensor; two for the grafted scales). Every moving value (p, lr, betas, weight decay, bias
@@ -258,19 +258,53 @@ class NSF(Optimizer):
         cache[index] = (copy.deepcopy(description), schedule)
         return schedule
 
+    def _schedule(self, index: int, group: dict[str, Any]) -> Callable[[int], float] | None:
+        """The group's p schedule, or None when p is held (fixed, or driven from outside)."""
+        if group["p_schedule"] == _CALLABLE:
+            return self._p_callables.get(index)
+        if group["p_schedule"] is not None:
+            return self._schedule_from(index, group["p_schedule"])
+        return None
+
     @torch.compiler.disable
     def _advance_p(self, index: int, group: dict[str, Any]) -> None:
         """Set ``group["p"]`` to the schedule's value for this step (kept out of compiled graphs: the
         step counter is a Python int and must not become a guard)."""
-        if group["p_schedule"] == _CALLABLE:
-            schedule = self._p_callables.get(index)
-        elif group["p_schedule"] is not None:
-            schedule = self._schedule_from(index, group["p_schedule"])
-        else:
-            schedule = None
+        schedule = self._schedule(index, group)
         if schedule is not None:
             group["p"].fill_(schedule(group["step"]))
         group["step"] += 1
+
+    @torch.no_grad()
+    def warm_up(self, steps: int | None = None) -> int:
+        """Compile now every fused kernel that the p schedules will need, so that no compile lands mid-training
+        (a cycled p meets a new exponent kind every few hundred steps; each compile takes seconds on a CPU).
+
+        For each group that takes the fused path, the p values its schedule takes over ``steps`` steps from
+        its current clock (default: the group's ``total_steps``, else 10 000) are stepped, one per kernel kind,
+        on scratch tensors shaped like the group's parameters: nothing of the optimizer or the model is read
+        or changed, but the scratch (parameters, gradients and moments) takes about four times the
+        parameters' memory while it runs. The kernels are keyed on the parameters that have a gradient (all
+        of them when none has one yet): call it where the training loop will step the same set. Returns the
+        number of kernels compiled. Without it, each kernel compiles at the first step that needs it."""
+        compiled = len(_fused._kernels)
+        for index, group in enumerate(self.param_groups):
+            params = [q for q in group["params"] if q.grad is not None] or [
+                q for q in group["params"] if q.requires_grad]
+            options = StepOptions.from_group(group)
+            if not params or not _use_fused(params, options, any(q.is_complex() for q in params)):
+                continue
+            schedule = self._schedule(index, group)
+            horizon = steps if steps is not None else (group["total_steps"] or 10_000)
+            values = [float(group["p"])] if schedule is None else [
+                schedule(group["step"] + t) for t in range(max(int(horizon), 1))]
+            for p in {_fused_kernels.exponent_kind(v): v for v in values}.values():
+                state = [initial_state(q, options) for q in params]
+                scratch = [torch.zeros_like(q).requires_grad_(q.requires_grad) for q in params]
+                nsf(scratch, [torch.zeros_like(q) for q in params], *([s[k] for s in state] for k in (
+                    "exp_avg", "exp_avg_sq")), [s["max_exp_avg_sq"] for s in state] if options.amsgrad else [],
+                    [s["step"] for s in state], dataclasses.replace(options, p=p))
+        return len(_fused._kernels) - compiled
 
     def _init_group(self, group, options, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps) -> bool:
         has_complex = False
