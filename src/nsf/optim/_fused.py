@@ -1,5 +1,6 @@
 """The fused NSF step: the foreach path's folded arithmetic, compiled by ``torch.compile``. This module compiles,
-caches and calls the kernels of ``_fused_kernels.py`` and forms their inputs.
+caches and calls the kernels of ``_fused_kernels.py`` and forms their inputs. Contiguous float32 CPU tensors take
+the same arithmetic in the native kernels of ``_native.py`` instead, where they build.
 
 Each (parameter list, ``KernelConfig``: exponent kind and option set) gets its own compiled graph. Every value
 that moves during training — ``p`` (for the general kernels), ``lr``, the betas, the weight decay and the
@@ -31,6 +32,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import _native
 from ._foreach import _PLAIN_NORM_MARGIN, _group_tensors, _multi_tensor_nsf
 from ._fused_kernels import (GraftFactors, GraftNorms, GraftScalars, Hyper, KernelConfig, RawScalars,
                              graft_apply_kernel, graft_norms_kernel, pack, raw_kernel)
@@ -45,6 +47,10 @@ BACKEND: str | None = "inductor"
 #: devices and dtypes the fused step supports (checked before anything is compiled or written).
 DEVICES = ("cpu", "cuda", "xpu")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+#: contiguous float32 CPU tensors take the native kernels (``_native.py``) where they build; the tests switch
+#: them off to test the compiled kernels' arithmetic, and on to test the native kernels'
+NATIVE = True
 
 _lock = threading.Lock()
 _kernels: dict[tuple, Callable] = {}
@@ -151,6 +157,10 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, opt
     the fused path failed to compile for this optimizer and configuration, so the caller takes the foreach
     path."""
     p_value = float(options.p)  # p lives on the host (group["p"]): reading it syncs no device
+    if NATIVE and _native.covers(options) and _native.supports(params, grads, exp_avgs, exp_avg_sqs, steps) and (
+            lib := _native.library()) is not None:
+        _native.step(lib, params, grads, exp_avgs, exp_avg_sqs, steps, options, p_value, _PLAIN_NORM_LOW**2)
+        return True
     # on the CPU without capturable, a value read on the host synchronises nothing: the norms are accumulated in
     # float32 there and redone in float64 only when a sum may have overflowed or lost precision
     host_check = cdtype == torch.float32 and params[0].is_cpu and not options.capturable
@@ -195,6 +205,13 @@ def plain_sums_ok(sums: Tensor) -> bool:
     good = torch.isfinite(norms.d_sq) & torch.isfinite(norms.r_sq) & (
         zero | ((norms.d_sq >= low) & (norms.r_sq >= low)))
     return bool(good.all())
+
+
+def native_takes(params: list[Tensor], options: StepOptions) -> bool:
+    """Whether these parameters' steps will take the native CPU kernels (where they build): float32, contiguous,
+    on the CPU, options they cover."""
+    return NATIVE and _native.covers(options) and all(
+        q.dtype == torch.float32 and q.is_cpu and q.is_contiguous() for q in params) and _native.library() is not None
 
 
 def _is_compile_failure(e: Exception) -> bool:

@@ -91,11 +91,14 @@ class NSF(Optimizer):
             host (every scale and p; ``p`` itself and a float lr are host values), so it can be captured in a
             CUDA graph. On a device the grafted scales never read norms on the host, capturable or not.
         differentiable: allow autograd through the step (single-tensor path).
-        fused: the compiled step (``torch.compile`` of the foreach arithmetic: one pass over θ, g, m, v per
-            tensor; two for the grafted scales). Every moving value (p, lr, betas, weight decay, bias
-            corrections) is a tensor input, so schedules never recompile; p = 0 and |p| a multiple of ⅛ up to 1
-            get exact square-root kernels. ``None`` (default) chooses it for a device/dtype group of at least
-            ``AUTO_FUSED_MIN_NUMEL`` (≈ 1 M) elements when ``foreach`` is not given, else foreach.
+        fused: the fused step: one pass over θ, g, m, v per tensor (two for the grafted scales). Contiguous
+            float32 CPU parameters (without amsgrad or coupled weight decay) take native C kernels, built once per
+            machine with the system C compiler; everything else ``torch.compile`` of the foreach arithmetic,
+            where every moving value (p, lr, betas, weight decay, bias corrections) is a tensor input, so
+            schedules never recompile. p = 0 and |p| a multiple of ⅛ up to 1 get exact square-root kernels.
+            ``None`` (default) chooses it, when ``foreach`` is not given, for parameters the native kernels take
+            (any size) and for a device/dtype group of at least ``AUTO_FUSED_MIN_NUMEL`` (≈ 1 M) elements; else
+            foreach.
             ``fused=True`` on a device or dtype it cannot run raises ``RuntimeError``; where compiling fails,
             that optimizer and configuration warn once and use foreach. Complex parameters,
             ``differentiable`` and FSDP2 (DTensor) parameters in the automatic choice take the other paths.
@@ -286,7 +289,8 @@ class NSF(Optimizer):
         or changed, but the scratch (parameters, gradients and moments) takes about four times the
         parameters' memory while it runs. The kernels are keyed on the parameters that have a gradient (all
         of them when none has one yet): call it where the training loop will step the same set. Returns the
-        number of kernels compiled. Without it, each kernel compiles at the first step that needs it."""
+        number of kernels compiled. Without it, each kernel compiles at the first step that needs it. (The
+        native CPU kernels serve every p and are built, once per machine, at the first step or here.)"""
         compiled = len(_fused._kernels)
         for index, group in enumerate(self.param_groups):
             params = [q for q in group["params"] if q.grad is not None] or [
@@ -362,21 +366,22 @@ def _use_fused(params: list[Tensor], options: StepOptions, has_complex: bool) ->
     if options.fused is False or options.differentiable or has_complex or torch.compiler.is_compiling():
         return False
     if options.fused is None:
-        return options.foreach is None and _auto_fused(params)
+        return options.foreach is None and _auto_fused(params, options)
     _fused.check_support(params)
     return True
 
 
 #: ``fused=None`` takes the compiled step for a call with at least this many elements (≈ 1 M): there it was
 #: measured 2–4× faster than the foreach path on a CPU, and the one-off compile (seconds) is soon repaid; below
-#: it, guard and launch overheads eat the gain. See docs/performance.md.
+#: it, guard and launch overheads eat the gain. Float32 CPU parameters that the native kernels take (built once
+#: per machine, no per-size compile) take the fused step at any size. See docs/performance.md.
 AUTO_FUSED_MIN_NUMEL = 1 << 20
 
 
-def _auto_fused(params: list[Tensor]) -> bool:
-    if sum(q.numel() for q in params) < AUTO_FUSED_MIN_NUMEL or params[0].device.type not in ("cpu", "cuda"):
+def _auto_fused(params: list[Tensor], options: StepOptions) -> bool:
+    if params[0].device.type not in ("cpu", "cuda") or any(_is_dtensor(q) for q in params):
         return False
-    return not any(_is_dtensor(q) for q in params)
+    return sum(q.numel() for q in params) >= AUTO_FUSED_MIN_NUMEL or _fused.native_takes(params, options)
 
 
 def nsf(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
