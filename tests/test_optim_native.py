@@ -5,6 +5,7 @@ equal to the reference with the other fused implementations (``each_fused_kernel
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import torch
@@ -105,6 +106,8 @@ def test_native_float32_sums_are_redone_in_float64_only_where_they_may_be_wrong(
 
 
 def test_a_native_build_that_fails_warns_once_and_the_compiled_kernels_step(monkeypatch, tmp_path):
+    """``fused=True`` says once why the kernels are missing and steps with the compiled kernels; the automatic
+    choice says nothing (a small model quietly keeps the foreach path)."""
     require_native_kernels()
     monkeypatch.setattr(_fused, "BACKEND", None)
     monkeypatch.setattr(_fused, "_kernels", {})
@@ -112,6 +115,10 @@ def test_a_native_build_that_fails_warns_once_and_the_compiled_kernels_step(monk
     monkeypatch.setattr(_native, "_tried", False)
     monkeypatch.setenv("CC", "false")  # a compiler that always fails
     monkeypatch.setenv("NSF_CACHE_DIR", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(make_params(), p=0.25, steps=1)  # automatic: foreach, no warning
+    assert _fused._kernels == {}
     a, b = make_params(), make_params()
     with pytest.warns(RuntimeWarning, match="native CPU kernels could not be built") as record:
         run(b, p=0.25, fused=True)
@@ -133,3 +140,25 @@ def test_native_library_is_built_once_into_the_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setattr(_native, "_tried", False)
     mtime = built[0].stat().st_mtime_ns
     assert _native.library() is not None and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
+
+
+@pytest.mark.parametrize("scale,p", [("adam", 0.25), ("sgd", -0.37), ("adam", 0.0), ("raw", 0.25)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_native_non_finite_gradient_coordinate_damages_only_itself(native_calls, scale, p, bad):
+    """A bad coordinate is left out of the grafted norms: every other coordinate moves as if its gradient had been
+    0 (bit for bit here: the bad and the zero coordinate add the same 0 to the same float32 lane sums)."""
+    moves = []
+    for value in (bad, 0.0):
+        w = torch.randn(5000, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        start = w.detach().clone()
+        opt = nsf.NSF([w], lr=1e-2, p=p, scale=scale, fused=True)
+        g = torch.Generator().manual_seed(1)
+        for step in range(3):
+            w.grad = torch.randn(5000, generator=g)
+            w.grad[7] = value if step == 0 else 0.0
+            opt.step()
+        moves.append(w.detach() - start)
+    keep = torch.ones(5000, dtype=torch.bool)
+    keep[7] = False
+    assert torch.equal(moves[0][keep], moves[1][keep]) and not torch.isfinite(moves[0][7])
+    assert len(native_calls) == 6

@@ -157,8 +157,8 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, opt
     the fused path failed to compile for this optimizer and configuration, so the caller takes the foreach
     path."""
     p_value = float(options.p)  # p lives on the host (group["p"]): reading it syncs no device
-    if NATIVE and _native.covers(options) and _native.supports(params, grads, exp_avgs, exp_avg_sqs, steps) and (
-            lib := _native.library()) is not None:
+    if NATIVE and _native.covers(options) and _native.supports([*params, *grads, *exp_avgs, *exp_avg_sqs], steps) \
+            and (lib := _native.library()) is not None:
         _native.step(lib, params, grads, exp_avgs, exp_avg_sqs, steps, options, p_value, _PLAIN_NORM_LOW**2)
         return True
     # on the CPU without capturable, a value read on the host synchronises nothing: the norms are accumulated in
@@ -210,8 +210,7 @@ def plain_sums_ok(sums: Tensor) -> bool:
 def native_takes(params: list[Tensor], options: StepOptions) -> bool:
     """Whether these parameters' steps will take the native CPU kernels (where they build): float32, contiguous,
     on the CPU, options they cover."""
-    return NATIVE and _native.covers(options) and all(
-        q.dtype == torch.float32 and q.is_cpu and q.is_contiguous() for q in params) and _native.library() is not None
+    return NATIVE and _native.covers(options) and _native.supports(params) and _native.library(warn=False) is not None
 
 
 def _is_compile_failure(e: Exception) -> bool:

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -35,6 +36,7 @@ VARIANTS = (["-fopenmp", "-DNSF_VECTOR_MATH", "-lmvec"], ["-fopenmp"], ["-fopenm
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _tried = False
+_failure = ""  # why the build failed, until it has been said once
 
 
 def cache_dir() -> Path:
@@ -69,9 +71,11 @@ def _build(compiler: str, extra: list[str]) -> Path:
     return target
 
 
-def library() -> ctypes.CDLL | None:
-    """The loaded kernels, built at the first call (about a second), or None where no variant builds."""
-    global _library, _tried
+def library(*, warn: bool = True) -> ctypes.CDLL | None:
+    """The loaded kernels, built at the first call (about a second), or None where no variant builds. Why they did
+    not build is said once, by the first call with ``warn`` (the automatic path choice asks without: where the
+    kernels are missing, small models quietly keep the foreach path)."""
+    global _library, _tried, _failure
     with _lock:
         if not _tried:
             _tried = True
@@ -84,9 +88,11 @@ def library() -> ctypes.CDLL | None:
                 except (OSError, subprocess.CalledProcessError) as e:
                     errors.append((getattr(e, "stderr", None) or str(e)).strip().splitlines()[-1:])
             if _library is None:
-                warnings.warn(f"NSF: the native CPU kernels could not be built ({errors or 'no C compiler'}); "
-                              "the fused step compiles its kernels with torch.compile", RuntimeWarning,
-                              stacklevel=3)
+                _failure = f"NSF: the native CPU kernels could not be built ({errors or 'no C compiler'}); " \
+                           "the fused step compiles its kernels with torch.compile"
+        if warn and _failure:
+            warnings.warn(_failure, RuntimeWarning, stacklevel=3)
+            _failure = ""
         return _library
 
 
@@ -115,11 +121,10 @@ def covers(options: StepOptions) -> bool:
     return not options.amsgrad and (options.weight_decay == 0 or options.decoupled_weight_decay)
 
 
-def supports(params, grads, exp_avgs, exp_avg_sqs, steps) -> bool:
-    """Whether the native kernels can take these tensors: all float32, contiguous, on the CPU (the step counts
-    float32 scalars there)."""
-    return all(t.dtype == torch.float32 and t.is_cpu and t.is_contiguous()
-               for ts in (params, grads, exp_avgs, exp_avg_sqs) for t in ts) and all(
+def supports(tensors: Iterable[Tensor], steps: Iterable[Tensor] = ()) -> bool:
+    """Whether the native kernels can take these tensors: all float32, contiguous, on the CPU (and the step
+    counts float32 scalars there)."""
+    return all(t.dtype == torch.float32 and t.is_cpu and t.is_contiguous() for t in tensors) and all(
         t.dtype == torch.float32 and t.is_cpu and t.numel() == 1 for t in steps)
 
 
