@@ -146,10 +146,10 @@ def test_native_library_is_built_once_into_the_cache_dir(monkeypatch, tmp_path):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_native_non_finite_gradient_coordinate_damages_only_itself(native_calls, scale, p, bad):
     """A bad coordinate is left out of the grafted norms: every other coordinate moves as if its gradient had been
-    0 (bit for bit here: the bad and the zero coordinate add the same 0 to the same float32 lane sums)."""
+    0 (to float32 rounding: the first pass's sums are not finite, so the bad run's norms are redone in double)."""
     moves = []
     for value in (bad, 0.0):
-        w = torch.randn(5000, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        w = torch.zeros(5000, requires_grad=True)  # from 0, so that θ's rounding does not hide the step's
         start = w.detach().clone()
         opt = nsf.NSF([w], lr=1e-2, p=p, scale=scale, fused=True)
         g = torch.Generator().manual_seed(1)
@@ -160,5 +160,8 @@ def test_native_non_finite_gradient_coordinate_damages_only_itself(native_calls,
         moves.append(w.detach() - start)
     keep = torch.ones(5000, dtype=torch.bool)
     keep[7] = False
-    assert torch.equal(moves[0][keep], moves[1][keep]) and not torch.isfinite(moves[0][7])
-    assert len(native_calls) == 6
+    largest = float(moves[1].abs().max())  # updates compared to 1e-5 of the largest
+    torch.testing.assert_close(moves[0][keep], moves[1][keep], rtol=1e-5, atol=1e-5 * largest)
+    assert not torch.isfinite(moves[0][7])
+    # the bad run's m stays non-finite there (as in Adam), so each of its grafted steps redoes its norms in double
+    assert native_calls == [int(scale != "raw")] * 3 + [0] * 3

@@ -80,9 +80,14 @@ INLINE float power(float x, const int e, float a) {
     return out;
 }
 
-/* torch.lerp's formula (both branches, as torch computes it) */
-INLINE float lerp(float start, float end, float w) {
-    return fabsf(w) < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
+INLINE float lerp(float start, float end, float w) {  /* as ATen's vectorised lerp: one fused multiply-add */
+    const int small = fabsf(w) < 0.5f;
+    const float coeff = small ? w : w - 1.0f, base = small ? start : end;
+#ifdef __FMA__
+    return fmaf(coeff, end - start, base);
+#else
+    return base + coeff * (end - start);
+#endif
 }
 
 /* A span's pointers and scalars as locals: restrict pointers, which the loops need to vectorise (through the
@@ -107,7 +112,7 @@ INLINE float lerp(float start, float end, float w) {
 INLINE float graft_q(float x, float eps, const int e, const int negative, float a) {
     if (e == 0) return 1.0f;
     float xp = power(x, e, a);
-    xp = xp > FLT_MAX ? FLT_MAX : xp;
+    if (e < 0) xp = xp > FLT_MAX ? FLT_MAX : xp;  /* x^|p| ≤ x ≤ FLT_MAX already for the fast kinds (|p| ≤ 1) */
     return negative ? xp : 1.0f / (xp + eps);
 }
 
@@ -141,12 +146,14 @@ INLINE void terms(const Span* s, float mi, float vi, const int e, const int nega
  * loops vectorise without fast-math, and every run gives the same sums. */
 #define LANES 16
 
-/* Grafted stage 1: the moment updates, in place, and the norms' sums in float32 (out: Σ(m·q)², Σr², max q,
- * max |m| of the finite coordinates); when they may have overflowed or underflowed the caller redoes them in
- * double from the stored moments (norms_span). */
+/* Grafted stage 1: the moment updates, in place, and the norms' sums in float32 (out: Σ(m·q)², Σr², max q, max
+ * |m|). Unmasked: where every m and v is finite the masks of terms() change nothing, and a non-finite m (the only
+ * way to a non-finite term) makes a sum NaN or inf, which the caller's check rejects; then, as when a sum may
+ * have overflowed or underflowed, it redoes them in double and masked from the stored moments (norms_span). */
 INLINE void moments_span(const Span* s, int64_t b, int64_t end, const int e, const int negative, const int sgd,
                          double* out) {
     LOCALS(s);
+    const float inv_sqrt_bc2 = s->inv_sqrt_bc2, adam_eps = s->adam_eps;
     float d_sq[LANES] = {0}, r_sq[LANES] = {0}, k[LANES] = {0}, m_max[LANES] = {0};
     for (int64_t i0 = b; i0 < end; i0 += LANES) {
         const int width = end - i0 < LANES ? (int)(end - i0) : LANES;
@@ -154,12 +161,12 @@ INLINE void moments_span(const Span* s, int64_t b, int64_t end, const int e, con
         for (int j = 0; j < width; ++j) {
             const int64_t i = i0 + j;
             MOMENTS(i, mi, vi);
-            float mg, qg, r;
-            terms(s, mi, vi, e, negative, sgd, &mg, &qg, &r);
-            float mq = mg * qg, am = fabsf(mg);
+            float x = clamp_max(vi);
+            float q = graft_q(x, eps, e, negative, a);
+            float mq = mi * q, r = sgd ? mi : mi / (sqrtf(x) * inv_sqrt_bc2 + adam_eps), am = fabsf(mi);
             d_sq[j] += mq * mq;
             r_sq[j] += r * r;
-            k[j] = qg > k[j] ? qg : k[j];
+            if (negative) k[j] = q > k[j] ? q : k[j];
             m_max[j] = am > m_max[j] ? am : m_max[j];
         }
     }
