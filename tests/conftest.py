@@ -32,7 +32,7 @@ def dynamo_fused_kernels(monkeypatch):
 def require_native_kernels():
     """The native CPU kernels, built; a skip only where the machine has no C compiler at all (a build that fails
     with a compiler present fails the test)."""
-    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+    if not any(shutil.which(c) for c in _native.COMPILERS):
         pytest.skip("no C compiler")
     assert _native.library() is not None, "the native kernels failed to build"
 

@@ -31,9 +31,6 @@ float logf(float);
 #define PARALLEL_MIN 65536
 #define INLINE static inline __attribute__((always_inline))
 
-/* _fused_kernels.Hyper's field order */
-enum { ONE_MINUS_BETA1, BETA2, ONE_MINUS_BETA2, WEIGHT_DECAY, DECAY, ABS_P };
-
 /* The step's options, common to every tensor (host values; the kernels' float32 copies are made here). */
 typedef struct {
     double lr, beta1, beta2, eps, decay;  /* decay: 1 − ηλ under decoupled weight decay, else 1 */
@@ -112,7 +109,7 @@ INLINE float lerp(float start, float end, float w) {  /* as ATen's vectorised le
 INLINE float graft_q(float x, float eps, const int e, const int negative, float a) {
     if (e == 0) return 1.0f;
     float xp = power(x, e, a);
-    if (e < 0) xp = xp > FLT_MAX ? FLT_MAX : xp;  /* x^|p| ≤ x ≤ FLT_MAX already for the fast kinds (|p| ≤ 1) */
+    if (e < 0) xp = xp > FLT_MAX ? FLT_MAX : xp;  /* fast kinds (|p| ≤ 1): x^|p| ≤ max(x, 1), finite */
     return negative ? xp : 1.0f / (xp + eps);
 }
 

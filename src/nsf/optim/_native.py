@@ -23,13 +23,15 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-from ._foreach import FAST_EXPONENTS
+from ._fused_kernels import exponent_kind
 from ._step_options import StepOptions
 
 SOURCE = Path(__file__).with_name("_native.c")
 #: compiler flags: exact IEEE arithmetic (no fast-math, no contraction into FMAs, so the kernels round as torch's
 #: eager ops do) with errno-free sqrtf, so that the loops vectorise
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-shared", "-fPIC"]
+#: the C compilers looked for (``$CC`` first)
+COMPILERS = ("cc", "gcc", "clang")
 #: the variants tried in order: OpenMP threads and glibc's vector math, then without vector math, then serial
 VARIANTS = (["-fopenmp", "-DNSF_VECTOR_MATH", "-lmvec"], ["-fopenmp"], ["-fopenmp-simd"])
 
@@ -72,24 +74,26 @@ def _build(compiler: str, extra: list[str]) -> Path:
 
 
 def library(*, warn: bool = True) -> ctypes.CDLL | None:
-    """The loaded kernels, built at the first call (about a second), or None where no variant builds. Why they did
+    """The loaded kernels, built at the first call (a few seconds, once per machine), or None where no variant builds. Why they did
     not build is said once, by the first call with ``warn`` (the automatic path choice asks without: where the
     kernels are missing, small models quietly keep the foreach path)."""
     global _library, _tried, _failure
     with _lock:
         if not _tried:
             _tried = True
-            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+            compiler = os.environ.get("CC") or next(filter(None, map(shutil.which, COMPILERS)), None)
             errors = []
             for extra in VARIANTS if compiler else ():
                 try:
                     _library = _declare(ctypes.CDLL(str(_build(compiler, extra))))
                     break
                 except (OSError, subprocess.CalledProcessError) as e:
-                    errors.append((getattr(e, "stderr", None) or str(e)).strip().splitlines()[-1:])
+                    message = (getattr(e, "stderr", None) or str(e)).strip()
+                    errors.append(message.splitlines()[-1] if message else type(e).__name__)
             if _library is None:
-                _failure = f"NSF: the native CPU kernels could not be built ({errors or 'no C compiler'}); " \
-                           "the fused step compiles its kernels with torch.compile"
+                reasons = "; ".join(dict.fromkeys(errors)) or "no C compiler"
+                _failure = f"NSF: the native CPU kernels could not be built ({reasons}); the fused step " \
+                           "compiles its kernels with torch.compile"
         if warn and _failure:
             warnings.warn(_failure, RuntimeWarning, stacklevel=3)
             _failure = ""
@@ -132,13 +136,13 @@ def step(lib: ctypes.CDLL, params, grads, exp_avgs, exp_avg_sqs, steps, options:
          low: float) -> int:
     """One NSF step in place, step counts included (``low``: the float32 sums' underflow bound, below which
     they are redone in float64). Returns the number of tensors whose sums were redone."""
-    a = abs(p)
+    kind = exponent_kind(p)
+    eighths = 0 if kind == "zero" else (-1 if kind.endswith("pow") else round(abs(p) * 8))
     beta1, beta2 = options.betas
     lr = float(options.lr)  # a CPU tensor lr is read on the host: it synchronises nothing
     decay = 1 - lr * options.weight_decay if options.decoupled_weight_decay else 1.0
-    o = Step(lr, beta1, beta2, options.eps, decay, low, a, 0 if p == 0 else (round(a * 8) if a in FAST_EXPONENTS
-                                                                              else -1),
-             int(p < 0), ("raw", "sgd", "adam").index(options.scale), int(options.maximize), torch.get_num_threads())
+    o = Step(lr, beta1, beta2, options.eps, decay, low, abs(p), eighths, int(p < 0),
+             ("raw", "sgd", "adam").index(options.scale), int(options.maximize), torch.get_num_threads())
     refs = (TensorRef * len(params))(*(
         TensorRef(th.data_ptr(), m.data_ptr(), v.data_ptr(), g.data_ptr(), t.data_ptr(), th.numel())
         for th, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps)))
