@@ -157,10 +157,6 @@ def fused_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, opt
     the fused path failed to compile for this optimizer and configuration, so the caller takes the foreach
     path."""
     p_value = float(options.p)  # p lives on the host (group["p"]): reading it syncs no device
-    if NATIVE and _native.covers(options) and _native.supports([*params, *grads, *exp_avgs, *exp_avg_sqs], steps) \
-            and (lib := _native.library()) is not None:
-        _native.step(lib, params, grads, exp_avgs, exp_avg_sqs, steps, options, p_value, _PLAIN_NORM_LOW**2)
-        return True
     # on the CPU without capturable, a value read on the host synchronises nothing: the norms are accumulated in
     # float32 there and redone in float64 only when a sum may have overflowed or lost precision
     host_check = cdtype == torch.float32 and params[0].is_cpu and not options.capturable
@@ -223,8 +219,15 @@ def _is_compile_failure(e: Exception) -> bool:
 
 def _fused_nsf(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, options: StepOptions, *,
                has_complex: bool = False) -> None:
-    """The compiled step: the foreach path's arithmetic in one pass per tensor (two for the grafted scales);
-    a device/dtype group whose compile fails takes the foreach path."""
+    """The fused step: the foreach path's arithmetic in one pass per tensor (two for the grafted scales), by the
+    native kernels where they take every tensor, else compiled per device/dtype group; a group whose compile
+    fails takes the foreach path."""
+    tensors = [*params, *grads, *exp_avgs, *exp_avg_sqs]
+    if NATIVE and _native.covers(options) and _native.supports(tensors, state_steps) and (
+            lib := _native.library()) is not None:
+        _native.step(lib, params, grads, exp_avgs, exp_avg_sqs, state_steps, options, float(options.p),
+                     _PLAIN_NORM_LOW**2)
+        return
     grouped = _group_tensors(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
     for (_, dtype, sdtype), lists in grouped.items():
         if not fused_step(*lists, options, _compute_dtype(torch.promote_types(dtype, sdtype))):
