@@ -75,9 +75,8 @@ def _build(compiler: str, extra: list[str]) -> Path:
 
 def library(*, warn: bool = True) -> ctypes.CDLL | None:
     """The loaded kernels, built at the first call (a few seconds, once per machine), or None where no variant
-    builds. Why they did
-    not build is said once, by the first call with ``warn`` (the automatic path choice asks without: where the
-    kernels are missing, small models quietly keep the foreach path)."""
+    builds. Why they did not build is said once, by the first call with ``warn`` (the automatic path choice asks
+    without: where the kernels are missing, small models quietly keep the foreach path)."""
     global _library, _tried, _failure
     with _lock:
         if not _tried:
