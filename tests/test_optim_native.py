@@ -165,3 +165,12 @@ def test_native_non_finite_gradient_coordinate_damages_only_itself(native_calls,
     assert not torch.isfinite(moves[0][7])
     # the bad run's m stays non-finite there (as in Adam), so each of its grafted steps redoes its norms in double
     assert native_calls == [int(scale != "raw")] * 3 + [0] * 3
+
+
+def test_warm_up_builds_the_native_kernels_and_steps_nothing(native_calls, monkeypatch):
+    monkeypatch.setattr(_native, "_library", None)
+    monkeypatch.setattr(_native, "_tried", False)
+    params = make_params()
+    opt = nsf.NSF(params, total_steps=100)
+    assert opt.warm_up() == 0 and _native._library is not None
+    assert native_calls == [] and not opt.state and _fused._kernels == {}

@@ -289,8 +289,9 @@ class NSF(Optimizer):
         or changed, but the scratch (parameters, gradients and moments) takes about four times the
         parameters' memory while it runs. The kernels are keyed on the parameters that have a gradient (all
         of them when none has one yet): call it where the training loop will step the same set. Returns the
-        number of kernels compiled. Without it, each kernel compiles at the first step that needs it. (The
-        native CPU kernels serve every p and are built, once per machine, at the first step or here.)"""
+        number of kernels compiled. Without it, each kernel compiles at the first step that needs it. Groups that
+        take the native CPU kernels need no scratch: the library, which serves every p, is built here (once per
+        machine) and nothing is stepped."""
         compiled = len(_fused._kernels)
         for index, group in enumerate(self.param_groups):
             params = [q for q in group["params"] if q.grad is not None] or [
@@ -298,6 +299,8 @@ class NSF(Optimizer):
             options = StepOptions.from_group(group)
             if not params or not _use_fused(params, options, any(q.is_complex() for q in params)):
                 continue
+            if _fused.native_takes(params, options):
+                continue  # built by native_takes; one library serves every p, nothing to compile
             schedule = self._schedule(index, group)
             horizon = steps if steps is not None else (group["total_steps"] or 10_000)
             values = [float(group["p"])] if schedule is None else [
