@@ -174,3 +174,17 @@ def test_warm_up_builds_the_native_kernels_and_steps_nothing(native_calls, monke
     opt = nsf.NSF(params, total_steps=100)
     assert opt.warm_up() == 0 and _native._library is not None
     assert native_calls == [] and not opt.state and _fused._kernels == {}
+
+
+def test_native_library_builds_in_a_private_temporary_directory_where_the_cache_cannot_be_made(monkeypatch,
+                                                                                                 tmp_path):
+    require_native_kernels()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # the cache directory would have to be made under a file: fails, even for root
+    monkeypatch.setattr(_native, "_library", None)
+    monkeypatch.setattr(_native, "_tried", False)
+    monkeypatch.setenv("NSF_CACHE_DIR", str(blocker / "nsf"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _native.library() is not None
+    run(make_params(), p=0.25, fused=True, steps=1)

@@ -59,17 +59,27 @@ def _machine() -> str:
 
 
 def _build(compiler: str, extra: list[str]) -> Path:
+    """The library built for this source, these flags, compiler and CPU: from the cache, else compiled into it (or,
+    where the cache cannot be written, into a private temporary directory, for this process only)."""
     source = SOURCE.read_text()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([source, *FLAGS, *extra, version, _machine()]).encode()).hexdigest()[:20]
     target = cache_dir() / f"nsf_native_{key}.so"
-    if not target.exists():
+    if target.exists():
+        return target
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built aside, then renamed: atomic
-            out = Path(tmp) / target.name
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out), "-lm", *extra],
-                           capture_output=True, text=True, check=True)
-            os.replace(out, target)
+        scratch = tempfile.mkdtemp(dir=target.parent)  # built aside, then renamed: atomic for concurrent builds
+    except OSError:
+        target = Path(tempfile.mkdtemp(prefix="nsf-native-")) / target.name
+        scratch = tempfile.mkdtemp(dir=target.parent)
+    try:
+        out = Path(scratch) / target.name
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out), "-lm", *extra],
+                       capture_output=True, text=True, check=True)
+        os.replace(out, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 
