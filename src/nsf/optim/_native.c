@@ -144,8 +144,8 @@ INLINE void terms(const Span* s, float mi, float vi, const int e, const int nega
 #define LANES 16
 
 /* Grafted stage 1: the moment updates, in place, and the norms' sums in float32 (out: Σ(m·q)², Σr², max q, max
- * |m|). Unmasked: where every m and v is finite the masks of terms() change nothing, and a non-finite m (the only
- * way to a non-finite term) makes a sum NaN or inf, which the caller's check rejects; then, as when a sum may
+ * |m|). Unmasked: where every m and v is finite the masks of terms() change nothing, and a non-finite m or v
+ * (v is clamped, so only NaN) makes a sum NaN or inf, which the caller's check rejects; then, as when a sum may
  * have overflowed or underflowed, it redoes them in double and masked from the stored moments (norms_span). */
 INLINE void moments_span(const Span* s, int64_t b, int64_t end, const int e, const int negative, const int sgd,
                          double* out) {
