@@ -206,7 +206,7 @@ def test_auto_choice_is_by_size(uncompiled_fused_kernels):
     assert fused_ran(1000, fused=True)
 
 
-def test_fused_state_dict_is_the_foreach_state_dict(uncompiled_fused_kernels, tmp_path):
+def test_fused_state_dict_is_the_foreach_state_dict(each_fused_kernel, tmp_path):
     """Same state layout: a fused run resumes bit-for-bit-compatibly on the foreach path and back."""
     a, b = make_params(), make_params()
     opt_a = run(a, p=nsf.schedules.Cyclic(-0.3, 0.3, period=5), fused=True)
