@@ -1,0 +1,119 @@
+"""Would option (b) of issue 22 — the graft on the *previous* step's norm ratio, so that one pass suffices — change
+the default's results? Paired validation runs of the library default's method written plainly twice: the exact
+graft and the lagged one (the ratio of step t − 1 applied at step t; the exact ratio at the first step and
+whenever p changes). Same code otherwise, so the difference is the lag alone.
+
+    python benchmarks/lagged_graft_validation.py --seeds 10 --out benchmarks/results/perf22b/lagged_validation.json
+
+Validation splits only (the tasks' held-out part of the training set), at LRs given on the command line (the
+default arm's LR chosen on validation by the Evidence v3 sweep). Reports, per task, the paired difference
+lagged − exact of the final validation loss and error, mean and 95 % t interval over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from nsf.optim.defaults import default_cycle
+
+
+class GraftNSF(torch.optim.Optimizer):
+    """The library default's method (adam-grafted, p on the default cycle of the run), single-tensor, with the
+    graft ratio either exact or lagged by one step (``lagged``)."""
+
+    def __init__(self, params, lr: float = 1e-3, total_steps: int | None = None, lagged: bool = False,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        self.p_of = default_cycle(total_steps=total_steps)
+        self.lagged = lagged
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        p = float(self.p_of(self.t))
+        self.t += 1
+        for group in self.param_groups:
+            (beta1, beta2), eps, lr = group["betas"], group["eps"], group["lr"]
+            for q in group["params"]:
+                if q.grad is None:
+                    continue
+                state = self.state[q]
+                if not state:
+                    state.update(m=torch.zeros_like(q), v=torch.zeros_like(q), t=0)
+                m, v = state["m"], state["v"]
+                state["t"] += 1
+                m.lerp_(q.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(q.grad, q.grad, value=1 - beta2)
+                m_hat, v_hat = m / (1 - beta1 ** state["t"]), v / (1 - beta2 ** state["t"])
+                d = m_hat / (v_hat.pow(p) + eps) if p > 0 else m_hat  # the default's p is in [0, ½]
+                r = m_hat / (v_hat.sqrt() + eps)  # Adam's step: the length the graft keeps
+                d_norm, r_norm = float(d.norm()), float(r.norm())
+                now = r_norm / d_norm if d_norm > 0 and math.isfinite(d_norm) and math.isfinite(r_norm) else 0.0
+                same_p = state.get("p") == p
+                ratio = state["ratio"] if self.lagged and same_p and "ratio" in state else now
+                state["ratio"], state["p"] = now, p
+                q.add_(d, alpha=-lr * ratio)
+
+
+def paired(deltas: list[float]) -> dict:
+    n = len(deltas)
+    mean = statistics.fmean(deltas)
+    sd = statistics.stdev(deltas) if n > 1 else float("nan")
+    t = _t975(n - 1)
+    half = t * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "ci95": [mean - half, mean + half], "sd": sd}
+
+
+def _t975(df: int) -> float:
+    """Student's t 97.5 % quantile (df ≥ 1), from a table to df 30, then the normal's 1.96."""
+    table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+             2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+             2.045, 2.042]
+    return table[df - 1] if df <= len(table) else 1.96
+
+
+def main() -> int:
+    from nsf_lab.experiment.store import make_config
+    from nsf_lab.experiment.train import run_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["mnist1d-mlp=0.0177827941", "fashion-mlp-long=0.00316227766"],
+                        help="TASK=LR pairs")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    sys.modules.setdefault("lagged_graft_validation", sys.modules[__name__])
+    results = {}
+    for item in args.tasks:
+        task, lr = item.split("=")
+        finals = {}
+        for lagged in (False, True):
+            spec = {"name": "lagged_graft_validation:GraftNSF", "lagged": lagged}
+            finals[lagged] = [run_config(make_config(task, spec, float(lr), seed, split="val"))["final"]
+                              for seed in range(args.seeds)]
+        results[task] = {
+            "lr": float(lr),
+            "exact": finals[False], "lagged": finals[True],
+            "delta_loss": paired([b["loss"] - a["loss"] for a, b in zip(finals[False], finals[True])]),
+            "delta_error_points": paired([100 * (b["error"] - a["error"]) for a, b in zip(finals[False],
+                                                                                          finals[True])]),
+        }
+        d = results[task]["delta_loss"]
+        e = results[task]["delta_error_points"]
+        print(f"{task} (lr {float(lr):g}, {d['n']} seeds): lagged − exact val loss {d['mean']:+.4f} "
+              f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] nats; error {e['mean']:+.2f} "
+              f"[{e['ci95'][0]:+.2f}, {e['ci95'][1]:+.2f}] points")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
