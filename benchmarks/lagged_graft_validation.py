@@ -4,6 +4,7 @@ graft and the lagged one (the ratio of step t − 1 applied at step t; the exact
 whenever p changes). Same code otherwise, so the difference is the lag alone.
 
     python benchmarks/lagged_graft_validation.py --seeds 10 --out benchmarks/results/perf22b/lagged_validation.json
+    python benchmarks/lagged_graft_validation.py --check-library   # seed 0: the plain exact graft vs the library's
 
 Validation splits only (the tasks' held-out part of the training set), at LRs given on the command line (the
 default arm's LR chosen on validation by the Evidence v3 sweep). Reports, per task, the paired difference
@@ -87,9 +88,20 @@ def main() -> int:
                         help="TASK=LR pairs")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--check-library", action="store_true",
+                        help="only seed 0: the plain exact graft against the library default (same method)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     sys.modules.setdefault("lagged_graft_validation", sys.modules[__name__])
+    if args.check_library:
+        from nsf_lab.bench.suites import library_default
+        for item in args.tasks:
+            task, lr = item.split("=")
+            plain, library = (run_config(make_config(task, spec, float(lr), 0, split="val"))["final"]["loss"] for spec
+                              in ({"name": "lagged_graft_validation:GraftNSF"}, library_default()))
+            print(f"{task} (lr {float(lr):g}, seed 0): final validation loss, plain exact graft {plain:.5f}, "
+                  f"library default {library:.5f}, difference {plain - library:+.5f} nats")
+        return 0
     results = {}
     for item in args.tasks:
         task, lr = item.split("=")
