@@ -123,7 +123,7 @@ def test_a_native_build_that_fails_warns_once_and_the_compiled_kernels_step(monk
     with pytest.warns(RuntimeWarning, match="native CPU kernels could not be built") as record:
         run(b, p=0.25, fused=True)
     assert len([w for w in record if "native" in str(w.message)]) == 1
-    assert _fused._kernels != {} and not list(tmp_path.iterdir())
+    assert _fused._kernels != {} and not list(tmp_path.glob("*.so"))
     run(a, p=0.25, reference=True)
     assert_close_updates(make_params(), a, b)
 
@@ -188,3 +188,24 @@ def test_native_library_builds_in_a_private_temporary_directory_where_the_cache_
         warnings.simplefilter("error")
         assert _native.library() is not None
     run(make_params(), p=0.25, fused=True, steps=1)
+
+
+def test_a_variant_that_fails_to_compile_is_not_tried_again(monkeypatch, tmp_path):
+    """A variant whose compile failed leaves a note in the cache: the next process (here: a reset module) skips
+    it without compiling, and the working variant is loaded from the cache."""
+    require_native_kernels()
+    monkeypatch.setenv("NSF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "VARIANTS", (["-fopenmp", "--no-such-flag"], ["-fopenmp"]))
+    compiles = []
+    real_run = _native.subprocess.run
+
+    def counting_run(cmd, *args, **kwargs):
+        compiles.extend([cmd[-1]] if "-o" in cmd else [])
+        return real_run(cmd, *args, **kwargs)
+    monkeypatch.setattr(_native.subprocess, "run", counting_run)
+    for _ in range(2):
+        monkeypatch.setattr(_native, "_library", None)
+        monkeypatch.setattr(_native, "_tried", False)
+        assert _native.library() is not None
+    assert len(compiles) == 2  # the first process: the bad variant and the good one; the second: none
+    assert len(list(tmp_path.glob("*.failed"))) == 1 and len(list(tmp_path.glob("*.so"))) == 1

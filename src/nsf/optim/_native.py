@@ -27,13 +27,15 @@ from ._fused_kernels import exponent_kind
 from ._step_options import StepOptions
 
 SOURCE = Path(__file__).with_name("_native.c")
-#: compiler flags: exact IEEE arithmetic (no fast-math, no contraction into FMAs, so the kernels round as torch's
-#: eager ops do) with errno-free sqrtf, so that the loops vectorise
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-shared", "-fPIC"]
+#: compiler flags: exact IEEE arithmetic (no fast-math; no implicit contraction into FMAs: the one FMA, lerp's, is
+#: explicit, as in ATen) with errno-free sqrtf, so that the loops vectorise
+FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-shared", "-fPIC"]
 #: the C compilers looked for (``$CC`` first)
 COMPILERS = ("cc", "gcc", "clang")
-#: the variants tried in order: OpenMP threads and glibc's vector math, then without vector math, then serial
-VARIANTS = (["-fopenmp", "-DNSF_VECTOR_MATH", "-lmvec"], ["-fopenmp"], ["-fopenmp-simd"])
+#: the variants tried in order: this CPU's instruction set with OpenMP threads and glibc's vector math, then
+#: without vector math, then serial, then portable (a compiler without -march=native)
+VARIANTS = (["-march=native", "-fopenmp", "-DNSF_VECTOR_MATH", "-lmvec"], ["-march=native", "-fopenmp"],
+            ["-march=native", "-fopenmp-simd"], ["-fopenmp-simd"])
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -60,23 +62,33 @@ def _machine() -> str:
 
 def _build(compiler: str, extra: list[str]) -> Path:
     """The library built for this source, these flags, compiler and CPU: from the cache, else compiled into it (or,
-    where the cache cannot be written, into a private temporary directory, for this process only)."""
+    where the cache cannot be written, into a private temporary directory, for this process only). A variant that
+    failed to compile leaves a ``.failed`` note with the compiler's last line, so that later processes do not
+    try it again (delete the cache directory to retry)."""
     source = SOURCE.read_text()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256("\0".join([source, *FLAGS, *extra, version, _machine()]).encode()).hexdigest()[:20]
     target = cache_dir() / f"nsf_native_{key}.so"
+    failed = target.with_suffix(".failed")
     if target.exists():
         return target
+    if failed.exists():
+        raise OSError(failed.read_text())
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = tempfile.mkdtemp(dir=target.parent)  # built aside, then renamed: atomic for concurrent builds
     except OSError:
         target = Path(tempfile.mkdtemp(prefix="nsf-native-")) / target.name
+        failed = target.with_suffix(".failed")
         scratch = tempfile.mkdtemp(dir=target.parent)
     try:
         out = Path(scratch) / target.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out), "-lm", *extra],
-                       capture_output=True, text=True, check=True)
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out), "-lm", *extra], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            failed.write_text(lines[-1] if lines else f"{compiler} exited with status {done.returncode}")
+            raise OSError(failed.read_text())
         os.replace(out, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
