@@ -51,6 +51,7 @@ def test_native_step_bumps_version_counters_so_autograd_sees_the_change(native_c
 
 @pytest.mark.parametrize("options", [dict(amsgrad=True), dict(weight_decay=0.1), dict(dtype=torch.float64)])
 def test_what_the_native_kernels_do_not_cover_takes_the_compiled_kernels(native_calls, options):
+    options = dict(options)  # the parametrised dict is shared: not changed here
     dtype = options.pop("dtype", torch.float32)
     a, b = make_params(dtype=dtype), make_params(dtype=dtype)
     run(a, p=0.25, reference=True, **options)
