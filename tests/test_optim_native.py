@@ -210,3 +210,16 @@ def test_a_variant_that_fails_to_compile_is_not_tried_again(monkeypatch, tmp_pat
         assert _native.library() is not None
     assert len(compiles) == 2  # the first process: the bad variant and the good one; the second: none
     assert len(list(tmp_path.glob("*.failed"))) == 1 and len(list(tmp_path.glob("*.so"))) == 1
+
+
+def test_native_first_moment_is_torchs_lerp_bit_for_bit(native_calls):
+    """m ← lerp(m, g, 1 − β1) exactly as torch computes it (ATen's vectorised lerp: one fused multiply-add)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.zeros(10_000, requires_grad=True)
+    opt = nsf.NSF([w], fused=True, betas=(0.9, 0.999))
+    m = torch.zeros(10_000)
+    for _ in range(3):
+        w.grad = torch.randn(10_000, generator=g)
+        opt.step()
+        m = m.lerp(w.grad, 0.1)
+    assert native_calls == [0, 0, 0] and torch.equal(opt.state[w]["exp_avg"], m)

@@ -80,7 +80,7 @@ INLINE float power(float x, const int e, float a) {
 INLINE float lerp(float start, float end, float w) {  /* as ATen's vectorised lerp: one fused multiply-add */
     const int small = fabsf(w) < 0.5f;
     const float coeff = small ? w : w - 1.0f, base = small ? start : end;
-#ifdef __FMA__
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     return fmaf(coeff, end - start, base);
 #else
     return base + coeff * (end - start);
