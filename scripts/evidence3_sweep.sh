@@ -13,7 +13,8 @@ ARCHIVE=benchmarks/results/evidence3_rundir_partial.tar.gz
 group() { ps -eo pgid=,args= | awk '/nsf_lab bench --suite evidence3 /&&!/awk/{print $1; exit}'; }
 case "${1:-}" in
   start)
-    commit=$(git rev-parse --short "${2:?start needs a commit}")
+    [ -n "${2:-}" ] || { echo "start needs a commit, e.g.: $0 start 72e9041 --until tuned" >&2; exit 2; }
+    commit=$(git rev-parse --short "$2^{commit}" 2>/dev/null) || { echo "not a commit: $2" >&2; exit 2; }
     shift 2
     wt=${WT:-/work/wt/evidence3-$commit}
     [ -z "$(group)" ] || { echo "a sweep is already running (process group $(group))" >&2; exit 2; }
