@@ -62,21 +62,12 @@ class GraftNSF(torch.optim.Optimizer):
                 q.add_(d, alpha=-lr * ratio)
 
 
-def paired(deltas: list[float]) -> dict:
-    n = len(deltas)
-    mean = statistics.fmean(deltas)
-    sd = statistics.stdev(deltas) if n > 1 else float("nan")
-    t = _t975(n - 1)
-    half = t * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "ci95": [mean - half, mean + half], "sd": sd}
-
-
-def _t975(df: int) -> float:
-    """Student's t 97.5 % quantile (df ≥ 1), from a table to df 30, then the normal's 1.96."""
-    table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-             2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-             2.045, 2.042]
-    return table[df - 1] if df <= len(table) else 1.96
+def paired_delta(lagged: list[float], exact: list[float]) -> dict:
+    """lagged − exact over seeds: mean, 95 % paired-t interval (the lab's ``stats.paired``) and the SD."""
+    from nsf_lab.experiment.stats import paired
+    r = paired(lagged, exact)
+    return {"n": r["n"], "mean": r["diff"], "ci95": [r["lo"], r["hi"]],
+            "sd": statistics.stdev(a - b for a, b in zip(lagged, exact))}
 
 
 def main() -> int:
@@ -113,9 +104,9 @@ def main() -> int:
         results[task] = {
             "lr": float(lr),
             "exact": finals[False], "lagged": finals[True],
-            "delta_loss": paired([b["loss"] - a["loss"] for a, b in zip(finals[False], finals[True])]),
-            "delta_error_points": paired([100 * (b["error"] - a["error"]) for a, b in zip(finals[False],
-                                                                                          finals[True])]),
+            "delta_loss": paired_delta([b["loss"] for b in finals[True]], [a["loss"] for a in finals[False]]),
+            "delta_error_points": paired_delta([100 * b["error"] for b in finals[True]],
+                                               [100 * a["error"] for a in finals[False]]),
         }
         d = results[task]["delta_loss"]
         e = results[task]["delta_error_points"]
