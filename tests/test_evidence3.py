@@ -186,3 +186,19 @@ def test_evidence3_smoke_end_to_end_through_the_command(tmp_path):
     for title in ("## The paper's own form", "## Convergence of every task", "## Do the tuning seeds agree?",
                   "## How the C1 verdicts move", "At Holm's first step", "AdamW control − Adam"):
         assert title in md
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_convergence_names_every_part_a_task_fails(text):
+    from nsf_lab.bench.evidence3_md import failed_parts
+    if text:
+        good = {"worst_tuned_error": 58.0, "val_loss": 1.8, "val_error": 54.0}
+        bad = {"worst_tuned_error": 72.0, "val_loss": 2.1, "val_error": 54.0}
+        assert failed_parts(good, True) == []
+        assert failed_parts(bad, True) == ["every tuned arm off the plateau", "best baseline < 2 nats"]
+    else:
+        good = {"gain": 0.3, "drop": 0.04, "val_error": 9.3, "longer_error": 8.9}
+        assert failed_parts(good, False) == []
+        assert failed_parts({**good, "gain": 1.52}, False) == ["(a)"]
+        assert failed_parts({**good, "drop": 0.2, "longer_error": 8.0}, False) == ["(b)", "(c)"]
+        assert failed_parts({**good, "longer_error": None}, False) is None
