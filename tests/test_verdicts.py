@@ -209,6 +209,10 @@ def test_report_of_an_evidence_sweep_lists_verdicts_fsgdm_and_flags(tmp_path):
                  "match the unscaled test loss"):
         assert text in md, text
     assert "*T* |" not in md  # these curves hold no temperature-scaled loss
+    summary = md.split("## Verdicts per claim × arm kind")[1].split("\n## ")[0]
+    for claim in ("C1 error", "C2 loss", "C4 acc"):  # FSGDM in the summary table too (secondary, 95 % CI)
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {TASK} | {claim}"))
+        assert row.split("|")[-2].strip().startswith("NSF default ") and "[" in row.split("|")[-2], row
     assert all((d / "plots" / f"{TASK}_evidence_{k}.png").exists() for k in ("budget", "early"))
     assert json.loads((d / "summary.json").read_text())["C1"][0]["verdict"] == "held"
 

@@ -119,24 +119,34 @@ def render(dec, an: dict, files: dict, img_prefix: str = "", notes: str = "") ->
 
 def _summary(an: dict) -> list[str]:
     L = ["## Verdicts per claim × arm kind\n",
-         an["design"].intro + " Cells: verdict, Δ and its Holm-corrected CI.\n",
-         "| task | claim | " + " | ".join(KINDS) + " |", "|---|---|" + "---|" * len(KINDS)]
+         an["design"].intro + " Cells: verdict, Δ and its Holm-corrected CI. Last column: the tuned NSF arms against "
+         "FSGDM (secondary: Δ and 95 % CI, no verdict).\n",
+         "| task | claim | " + " | ".join(KINDS) + " | vs FSGDM |", "|---|---|" + "---|" * (len(KINDS) + 1)]
+    c4_fsgdm = an["C4_fsgdm"]
     for task in an["arms"]:
-        for claim, rows, cell in (("C1 error (pt)", an["C1"]["rows"], lambda r: _ci(r["res"])),
-                                  ("C2 loss", an["C2"]["rows"], lambda r: _ci(r["res"], 4)),
-                                  ("C4 acc at matched train loss (pt)", an["C4"]["rows"],
-                                   lambda r: _ci(r["res"]["train"]["res"]) if r["res"] else "n/a")):
+        for claim, rows, cell, fsgdm in (
+                ("C1 error (pt)", an["C1"]["rows"], lambda r: _ci(r["res"]), _fsgdm(an["C1"]["secondary"], task)),
+                ("C2 loss", an["C2"]["rows"], lambda r: _ci(r["res"], 4), _fsgdm(an["C2"]["secondary"], task, 4)),
+                ("C4 acc at matched train loss (pt)", an["C4"]["rows"],
+                 lambda r: _ci(r["res"]["train"]["res"]) if r["res"] else "n/a",
+                 f"NSF default {_ci(c4_fsgdm[task]['train']['res'])}" if c4_fsgdm.get(task) else "—")):
             cells = []
             for kind in KINDS:
                 rs = [r for r in rows if r["task"] == task and r["kind"] == kind]
                 cells.append("; ".join(f"{r['id']} **{r['verdict']}** {cell(r)}" for r in rs) or "—")
-            L.append(f"| {task} | {claim} | " + " | ".join(cells) + " |")
+            L.append(f"| {task} | {claim} | " + " | ".join(cells) + f" | {fsgdm} |")
         t = an["C3"].get(task)
         c3 = f"P1 **{t['verdict']}** ratio {_budget(t['ratio'][0])} [{_budget(t['ratio'][1])}, " \
              f"{_budget(t['ratio'][2])}]" if t else "no data"
-        L.append(f"| {task} | C3 time to target | {c3} | — | — |")
+        L.append(f"| {task} | C3 time to target | {c3} | — | — | — |")
     L.append("")
     return L
+
+
+def _fsgdm(secondary: list[dict], task: str, digits: int = 2) -> str:
+    """A task's secondary comparisons against FSGDM, for the summary table."""
+    rs = [r for r in secondary if r["task"] == task and r["base"] == "FSGDM"]
+    return "; ".join(f"{r['nsf']} {_ci(r['res'], digits)}" for r in rs) or "—"
 
 
 def _paired_tables(an: dict) -> list[str]:
