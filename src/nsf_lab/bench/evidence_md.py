@@ -129,7 +129,8 @@ def _summary(an: dict) -> list[str]:
                 ("C2 loss", an["C2"]["rows"], lambda r: _ci(r["res"], 4), _fsgdm(an["C2"]["secondary"], task, 4)),
                 ("C4 acc at matched train loss (pt)", an["C4"]["rows"],
                  lambda r: _ci(r["res"]["train"]["res"]) if r["res"] else "n/a",
-                 f"NSF default {_ci(c4_fsgdm[task]['train']['res'])}" if c4_fsgdm.get(task) else "—")):
+                 "—" if task not in c4_fsgdm else
+                 f"NSF default {_ci(c4_fsgdm[task]['train']['res']) if c4_fsgdm[task] else 'n/a'}")):
             cells = []
             for kind in KINDS:
                 rs = [r for r in rows if r["task"] == task and r["kind"] == kind]
