@@ -203,8 +203,10 @@ def test_claims_on_synthetic_sweep_give_the_built_in_verdicts(tmp_path):
 def test_report_of_an_evidence_sweep_lists_verdicts_fsgdm_and_flags(tmp_path):
     from nsf_lab.bench.report import write_report
     d = write_rundir(tmp_path / "r")
+    (d / "starts.log").write_text("2026-12-02T01:19:50Z start 72e9041 --until tuned\n")
     md = write_report(d).read_text()
     assert "PARTIAL" not in md and "Verdicts per claim × arm kind" in md
+    assert "ran that commit (`starts.log`" in md and "`2026-12-02T01:19:50Z start 72e9041 --until tuned`" in md
     for text in ("FSGDM", "Padam: edge", "Adam: cap @0.5", "C3 time to target", "P1 **held**", "AdamW − Adam",
                  "match the unscaled test loss"):
         assert text in md, text
