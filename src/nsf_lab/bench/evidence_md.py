@@ -128,15 +128,12 @@ def _summary(an: dict) -> list[str]:
          an["design"].intro + " Cells: verdict, Δ and its Holm-corrected CI. Last column: the tuned NSF arms against "
          "FSGDM (secondary: Δ and 95 % CI, no verdict).\n",
          "| task | claim | " + " | ".join(KINDS) + " | vs FSGDM |", "|---|---|" + "---|" * (len(KINDS) + 1)]
-    c4_fsgdm = an["C4_fsgdm"]
     for task in an["arms"]:
         for claim, rows, cell, fsgdm in (
                 ("C1 error (pt)", an["C1"]["rows"], lambda r: _ci(r["res"]), _fsgdm(an["C1"]["secondary"], task)),
                 ("C2 loss", an["C2"]["rows"], lambda r: _ci(r["res"], 4), _fsgdm(an["C2"]["secondary"], task, 4)),
                 ("C4 acc at matched train loss (pt)", an["C4"]["rows"],
-                 lambda r: _ci(r["res"]["train"]["res"]) if r["res"] else "n/a",
-                 "—" if task not in c4_fsgdm else
-                 f"NSF default {_ci(c4_fsgdm[task]['train']['res']) if c4_fsgdm[task] else 'n/a'}")):
+                 lambda r: _ci(r["res"]["train"]["res"]) if r["res"] else "n/a", _fsgdm_alignment(an, task))):
             cells = []
             for kind in KINDS:
                 rs = [r for r in rows if r["task"] == task and r["kind"] == kind]
@@ -154,6 +151,14 @@ def _fsgdm(secondary: list[dict], task: str, digits: int = 2) -> str:
     """A task's secondary comparisons against FSGDM, for the summary table."""
     rs = [r for r in secondary if r["task"] == task and r["base"] == "FSGDM"]
     return "; ".join(f"{r['nsf']} {_ci(r['res'], digits)}" for r in rs) or "—"
+
+
+def _fsgdm_alignment(an: dict, task: str) -> str:
+    """C4's secondary comparison against FSGDM (at matched training loss), for the summary table."""
+    if task not in an["C4_fsgdm"]:
+        return "—"
+    res = an["C4_fsgdm"][task]
+    return f"NSF default {_ci(res['train']['res']) if res else 'n/a'}"
 
 
 def _paired_tables(an: dict) -> list[str]:
