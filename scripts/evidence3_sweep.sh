@@ -6,8 +6,8 @@
 #   bash scripts/evidence3_sweep.sh pack                           # pause, then compress the records into benchmarks/results/
 # RUNS (default /work/runs) holds the run directory (RUNS/evidence3) and the log; WT (default /work/wt/evidence3-COMMIT)
 # the worktree, so that edits to this checkout never change the code under a running sweep. Every start is logged in
-# RUNS/evidence3/starts.log (time, commit, arguments), which travels with the records: runs finished after a start
-# (their finished_at) ran that commit's code.
+# RUNS/evidence3/starts.log (time, commit, arguments; by nsf bench itself, by this script for older commits), which
+# travels with the records: runs finished after a start (their finished_at) ran that commit's code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-/work/runs}
@@ -23,7 +23,8 @@ case "${1:-}" in
     [ -d "$wt" ] || git worktree add --detach "$wt" "$commit" >/dev/null
     mkdir -p "$RUNS"
     [ -d "$RUNS/evidence3" ] || tar xzf "$ARCHIVE" -C "$RUNS"
-    echo "$(date -u +%FT%TZ) start $(git rev-parse "$commit") $*" >>"$RUNS/evidence3/starts.log"  # which code ran when
+    grep -q log_start "$wt/src/nsf_lab/bench/cli.py" ||  # nsf bench logs its own starts since 2026-12-02; older code does not
+      echo "$(date -u +%FT%TZ) start $(git rev-parse "$commit") $*" >>"$RUNS/evidence3/starts.log"  # which code ran when
     (cd "$wt" && setsid nohup env PYTHONPATH=src python3 -m nsf_lab bench --suite evidence3 --out "$RUNS/evidence3" \
       --workers 2 --threads 1 "$@" >>"$RUNS/evidence3.log" 2>&1 </dev/null &)
     echo "sweep started from $wt ($commit); log: $RUNS/evidence3.log" ;;

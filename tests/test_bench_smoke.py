@@ -138,6 +138,7 @@ def test_kill9_then_resume(smoke_dir, tmp_path):
     for r in after:  # same results as the uninterrupted sweep
         assert r["final"]["error"] == ref_runs[r["run_id"]]["final"]["error"]
         assert (cut / r["curve_file"]).exists()
+    assert len((cut / "starts.log").read_text().splitlines()) == 2  # the start and the resume, each logged
     # a third call has nothing left to do
     res = subprocess.run(CMD + ["--out", str(cut)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and len(_lines(cut / "runs.jsonl")) == len(ids)
@@ -156,3 +157,27 @@ def test_report_reads_decisions_json_unless_it_is_older_than_the_runs(smoke_dir,
     assert "| SGD-M" not in md and "| Adam" in md  # read, not re-planned
     os.utime(d / "decisions.json", ns=(0, 0))  # older than runs.jsonl: a driver killed after its last decision
     assert "| SGD-M" in write_report(d).read_text()
+
+
+def test_bench_logs_each_start_with_its_code_and_arguments(smoke_dir):
+    from nsf_lab.experiment.store import code_revision
+    lines = (smoke_dir / "starts.log").read_text().splitlines()
+    assert len(lines) == 1
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ start ", lines[0])
+    assert f" start {code_revision()} bench --suite smoke --out {smoke_dir} " in lines[0]
+
+
+def test_code_revision_is_the_checkouts_commit_and_says_dirty(tmp_path):
+    from nsf_lab.experiment.store import code_revision
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text("x = 1\n")
+    for cmd in (["init", "-q"], ["add", "src"], ["commit", "-q", "-m", "c"]):
+        subprocess.run(git + cmd, check=True, capture_output=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert code_revision(tmp_path / "src") == head
+    (tmp_path / "src" / "new.py").write_text("")  # untracked: still the commit's code
+    assert code_revision(tmp_path / "src") == head
+    (tmp_path / "src" / "m.py").write_text("x = 2\n")
+    assert code_revision(tmp_path / "src") == head + "+dirty"
+    assert "not a git checkout" in code_revision(tmp_path / "elsewhere" / "src")

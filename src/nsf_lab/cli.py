@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from nsf_lab.experiment.sweep import SweepError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the records' provenance
     try:
         return int(args.func(args) or 0)
     except (UserError, SweepError, DatasetMissing) as e:

@@ -71,6 +71,7 @@ def _bench(args) -> int:
     # -- the sweep --------------------------------------------------------------------------------------------
     torch.set_num_threads(args.threads)
     sw, grown = Sweep.create(args.out, suite_to_dict(suite), accumulate=tuple(explicit))
+    sw.log_start(args.argv)
     suite = suite_from_dict(sw.suite)
     for line in grown:
         print(f"{args.out}: suite {line}", file=sys.stderr)

@@ -12,6 +12,7 @@ from nsf_lab.experiment import stats as S
 from nsf_lab.experiment.util import jsonable, save_figure
 
 from . import verdicts as V
+from .report import code_line
 
 KINDS = ("tuned", "tied", "one-shot")
 
@@ -97,12 +98,9 @@ def render(dec, an: dict, files: dict, img_prefix: str = "", notes: str = "") ->
     L.append(f"- runs: {len(recs)} finished ({sum(1 for r in recs if r['final'].get('diverged'))} diverged, "
              f"kept); summed run wall time {sum(r.get('wall_s') or 0.0 for r in recs) / 60:.1f} min; versions: "
              + ", ".join(f"{k} {v}" for k, v in vers.items()))
-    root = getattr(dec.store, "root", None)  # a run directory (not an in-memory store)
-    starts = root / "starts.log" if root else None  # written by scripts/evidence3_sweep.sh: which commit ran when
-    if starts and starts.exists():
-        L.append("- code: the runs finished after each start below ran that commit (`starts.log`, records' "
-                 "`finished_at`): " + "; ".join(f"`{line.strip()}`" for line in starts.read_text().splitlines()
-                                                if line.strip()))
+    code = code_line(dec.store)
+    if code:
+        L.append(code)
     L.append("- paired over seeds (every arm shares a seed's initialisation and batch order); Δ = NSF arm − "
              "baseline arm; error in points (percentage points), loss in nats.\n")
     if notes:

@@ -177,6 +177,18 @@ def _fmt_frac(x):
     return "not reached" if x is None else f"{x:.2f}"
 
 
+def code_line(store) -> str | None:
+    """Which code ran the runs, from the run directory's ``starts.log`` (``nsf bench`` appends a line per start:
+    time, commit, arguments); None where there is none (an in-memory store, an older directory)."""
+    root = getattr(store, "root", None)
+    starts = Path(root) / "starts.log" if root else None
+    if not (starts and starts.exists()):
+        return None
+    return ("- code: the runs finished after each start below ran that commit (`starts.log`, records' "
+            "`finished_at`): " + "; ".join(f"`{line.strip()}`" for line in starts.read_text().splitlines()
+                                           if line.strip()))
+
+
 def render(dec: Decided, an: dict, files: dict, img_prefix: str = "", notes: str = "") -> str:
     recs = list(dec.store.records().values())
     L = []
@@ -200,6 +212,9 @@ def render(dec: Decided, an: dict, files: dict, img_prefix: str = "", notes: str
         L.append(f"- sweep elapsed (first run start to last run end, data loading included): {el / 60:.1f} min "
                  f"({times[0]} → {times[-1]})")
     L.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
+    code = code_line(dec.store)
+    if code:
+        L.append(code)
     L.append(f"- protocol: LR of each optimizer tuned on the validation split ({_tuning_text(s)}); then seeds {s.seeds} at "
              f"the chosen LR on the test set; NSF default also at budgets {s.budgets} (schedule compressed). "
              f"Error = 1 − accuracy (next-character accuracy for text).\n")

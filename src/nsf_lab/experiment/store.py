@@ -106,3 +106,21 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "nsf": getattr(nsf, "__version__", "?")}
 
+
+def code_revision(src: Path | None = None) -> str:
+    """Which code runs: the git commit of the checkout whose ``src/`` holds this module (or ``src``), with
+    ``+dirty`` when tracked files differ from it; else the installed nsf version (a wheel carries no commit)."""
+    import subprocess
+    src = Path(__file__).resolve().parents[2] if src is None else Path(src)
+    if src.name == "src":
+        try:
+            git = ["git", "-C", str(src.parent)]
+            head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+            if head.returncode == 0:
+                dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+                                       capture_output=True, text=True, timeout=10).stdout.strip()
+                return head.stdout.strip() + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f"nsf {versions()['nsf']} (not a git checkout)"
+

@@ -94,6 +94,21 @@ class Sweep:
         write_json_atomic(sw.suite_file, merged)
         return sw, grown
 
+    @property
+    def starts_file(self) -> Path:
+        return self.root / "starts.log"
+
+    def log_start(self, argv: list[str]) -> None:
+        """Append ``<UTC time> start <code revision> <arguments>`` to ``starts.log``: the runs that finish after a
+        start (their ``finished_at``) ran that code, so a sweep resumed across edits says which code ran what."""
+        import datetime
+        import shlex
+
+        from nsf_lab.experiment.store import code_revision
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with open(self.starts_file, "a") as f:
+            f.write(f"{now} start {code_revision()} {shlex.join(argv)}".rstrip() + "\n")
+
     # -- decisions --------------------------------------------------------------------------------------------
     def write_decisions(self, decisions: dict) -> None:
         write_json_atomic(self.decisions_file, decisions)
