@@ -202,3 +202,11 @@ def test_convergence_names_every_part_a_task_fails(text):
         assert failed_parts({**good, "gain": 1.52}, False) == ["(a)"]
         assert failed_parts({**good, "drop": 0.2, "longer_error": 8.0}, False) == ["(b)", "(c)"]
         assert failed_parts({**good, "longer_error": None}, False) is None
+
+
+def test_c3_says_when_a_task_has_no_budget_runs_by_declaration():
+    from nsf_lab.bench.evidence_md import _c3_absent
+    an = {"budget_tasks": ["mnist1d-mlp", "fashion-mlp-long"]}
+    assert _c3_absent(an, "fashion-resnet-20k") == "not run: declared for mnist1d-mlp, fashion-mlp-long only"
+    assert _c3_absent(an, "mnist1d-mlp") == "no data"  # declared, but its runs are missing
+    assert _c3_absent({"budget_tasks": None}, "fashion-resnet-20k", "budget runs missing") == "budget runs missing"

@@ -50,7 +50,7 @@ def analyse(dec, data_root: str | None = None) -> dict:
              for t, a in arms.items() if "NSF default" in a and "FSGDM" in a}
     an = {"arms": arms, "best": best, "n_test": n_test, "C1": c12["C1"], "C2": c12["C2"], "C3": ttt,
           "C4": c4, "C4_fsgdm": fsgdm, "power": V.power_table(arms, best, n_test, design=design), "records": recs,
-          "design": design}
+          "design": design, "budget_tasks": getattr(dec.suite, "budget_tasks", None)}
     if design.counted_once:
         from . import evidence3_md
         an["v3"] = evidence3_md.analyse(dec, an)
@@ -139,7 +139,7 @@ def _summary(an: dict) -> list[str]:
             L.append(f"| {task} | {claim} | " + " | ".join(cells) + f" | {fsgdm} |")
         t = an["C3"].get(task)
         c3 = f"P1 **{t['verdict']}** ratio {_budget(t['ratio'][0])} [{_budget(t['ratio'][1])}, " \
-             f"{_budget(t['ratio'][2])}]" if t else "no data"
+             f"{_budget(t['ratio'][2])}]" if t else _c3_absent(an, task)
         L.append(f"| {task} | C3 time to target | {c3} | — | — | — |")
     L.append("")
     return L
@@ -186,6 +186,12 @@ def _paired_tables(an: dict) -> list[str]:
     return L
 
 
+def _c3_absent(an: dict, task: str, missing: str = "no data") -> str:
+    """Why a task has no C3 verdict: not declared for it (budget runs on some tasks only), or runs missing."""
+    declared = an.get("budget_tasks")
+    return f"not run: declared for {', '.join(declared)} only" if declared and task not in declared else missing
+
+
 def _power(an: dict) -> list[str]:
     L = ["## Seeds and power\n",
          "Largest paired SD of test error among the primary comparisons over the pilot (seeds 0–9); seeds needed "
@@ -221,7 +227,7 @@ def _ttt(an: dict) -> list[str]:
          "|---|---|---|---|---|---|---|"]
     for task, t in an["C3"].items():
         if t is None:
-            L.append(f"| {task} | (budget runs missing) | | | | | |")
+            L.append(f"| {task} | ({_c3_absent(an, task, 'budget runs missing')}) | | | | | |")
             continue
         for who, label in (("nsf", "NSF default"), ("base", an["best"][task])):
             acc = t["acc"][who]
