@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-/work/runs}
-ARCHIVE=benchmarks/results/evidence3_rundir_partial.tar.gz
+ARCHIVE=benchmarks/results/evidence3_rundir.tar.gz  # was evidence3_rundir_partial.tar.gz while the sweep ran
 group() { ps -eo pgid=,args= | awk '/nsf_lab bench --suite evidence3 /&&!/awk/{print $1; exit}'; }
 case "${1:-}" in
   start)

@@ -5,7 +5,7 @@
 direction, between momentum's (p = 0) and Adam's (p = ½)).
 
 The p cycle, a cosine between 0 and ½, is the evidence protocol's search winner (docs/evidence.md, stage 1:
-p range × scale, then 1/2/4/8 cycles per run, LRs tuned, validation splits only; docs/RESULTS.md): (0, ½)
+p range × scale, then 1/2/4/8 cycles per run, LRs tuned, validation splits only; docs/RESULTS_v2.md): (0, ½)
 beat (−¼, ¼) under the adam and sgd scales (under raw, (−¼, ¼) was better: 0.7337 vs 0.7409 nats), and 2 cycles
 per run beat 1, 4 and 8. The one deviation from the declared rule is the scale: the winner was sgd-grafted,
 0.0007 nats of validation loss ahead of adam-grafted, far inside the noise, and "adam" keeps Adam's meaning of
