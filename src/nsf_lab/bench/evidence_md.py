@@ -41,7 +41,8 @@ def analyse(dec, data_root: str | None = None) -> dict:
     c12 = V.claim_c1_c2(arms, best, n_test, design)
     ttt = {}
     # C3 family: P1 on every task with budget runs; Bonferroni level (a bootstrap has no Holm p-value)
-    m = max(1, len(getattr(dec.suite, "budget_tasks", None) or arms))
+    budget_tasks = getattr(dec.suite, "budget_tasks", None)  # None: every task has budget runs
+    m = max(1, len(budget_tasks or arms))
     for t, a in arms.items():
         if "NSF default" in a and best[t] in a:
             ttt[t] = V.time_to_target(a["NSF default"], a[best[t]], level=1 - V.ALPHA / m)
@@ -50,7 +51,7 @@ def analyse(dec, data_root: str | None = None) -> dict:
              for t, a in arms.items() if "NSF default" in a and "FSGDM" in a}
     an = {"arms": arms, "best": best, "n_test": n_test, "C1": c12["C1"], "C2": c12["C2"], "C3": ttt,
           "C4": c4, "C4_fsgdm": fsgdm, "power": V.power_table(arms, best, n_test, design=design), "records": recs,
-          "design": design, "budget_tasks": getattr(dec.suite, "budget_tasks", None)}
+          "design": design, "budget_tasks": budget_tasks}
     if design.counted_once:
         from . import evidence3_md
         an["v3"] = evidence3_md.analyse(dec, an)

@@ -12,7 +12,7 @@ import numpy as np
 from nsf.registry import spec_to_str
 
 from nsf_lab.experiment import stats as S
-from nsf_lab.experiment.sweep import Sweep
+from nsf_lab.experiment.sweep import STARTS_LOG, Sweep
 from nsf_lab.experiment.util import save_figure
 from nsf_lab.experiment.tuner import Grid, default_max_points
 
@@ -181,7 +181,7 @@ def code_line(store) -> str | None:
     """Which code ran the runs, from the run directory's ``starts.log`` (``nsf bench`` appends a line per start:
     time, commit, arguments); None where there is none (an in-memory store, an older directory)."""
     root = getattr(store, "root", None)
-    starts = Path(root) / "starts.log" if root else None
+    starts = Path(root) / STARTS_LOG if root else None
     if not (starts and starts.exists()):
         return None
     return ("- code: the runs finished after each start below ran that commit (`starts.log`, records' "

@@ -41,6 +41,9 @@ def _read_json(path: Path, what: str) -> dict:
     return d
 
 
+STARTS_LOG = "starts.log"  # one line per `nsf bench` start: time, code revision, arguments
+
+
 class Sweep:
     """A sweep directory: its suite (a JSON-able dict), its run store and its decisions."""
 
@@ -96,7 +99,7 @@ class Sweep:
 
     @property
     def starts_file(self) -> Path:
-        return self.root / "starts.log"
+        return self.root / STARTS_LOG
 
     def log_start(self, argv: list[str]) -> None:
         """Append ``<UTC time> start <code revision> <arguments>`` to ``starts.log``: the runs that finish after a
